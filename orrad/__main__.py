@@ -1,0 +1,3 @@
+from orrad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""From inbound message to reply: agent selection and per-namespace lanes.
+
+Every namespace has a lane: its messages run one at a time, in the order they were
+submitted. Lanes run concurrently, at most ``max_concurrency`` messages at once across all
+namespaces, so one slow conversation never delays another. A lane exists only while it has
+work. This is also where federation will hand a message to the namespace's owner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from orrad.channels.base import ReplyTarget, describe_error, no_typing
+from orrad.errors import (
+    ChannelError,
+    MaxTurnsExceeded,
+    OrradError,
+    ProviderError,
+    StoreError,
+    UnknownAgent,
+)
+from orrad.model import InboundMessage, OutboundError, OutboundMessage
+from orrad.runtime.loop import Runtime
+
+__all__ = ["AgentSet", "Reply", "Router", "error_code"]
+
+log = logging.getLogger(__name__)
+
+Reply = OutboundMessage | OutboundError
+
+
+@dataclass
+class AgentSet:
+    """The agents a daemon runs, by lower-case name, and the one used when none is chosen.
+
+    Replaced as a whole on reload; a message picks its runtime when it starts to run.
+    """
+
+    runtimes: dict[str, Runtime]
+    default: str
+
+    def __post_init__(self) -> None:
+        self.runtimes = {name.lower(): rt for name, rt in self.runtimes.items()}
+        self.default = self.default.lower()
+
+    def resolve(self, name: str | None) -> Runtime:
+        key = (name or self.default).lower()
+        runtime = self.runtimes.get(key)
+        if runtime is None:
+            raise UnknownAgent(name or self.default, sorted(self.runtimes))
+        return runtime
+
+    def names(self) -> list[str]:
+        return list(self.runtimes)
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code a failed run is reported with (CONTRACT §4 error shape)."""
+    if isinstance(exc, UnknownAgent):
+        return "unknown_agent"
+    if isinstance(exc, ProviderError):
+        return "provider_error"
+    if isinstance(exc, StoreError):
+        return "unavailable"
+    if isinstance(exc, MaxTurnsExceeded):
+        return "max_turns_exceeded"
+    return "agent_error" if isinstance(exc, OrradError) else "internal"
+
+
+def chosen_agent(inbound: InboundMessage, channel_agent: str | None) -> str | None:
+    """Metadata ``agent`` wins, then the channel's ``agent``; ``None`` means the default."""
+    explicit = inbound.metadata.get("agent")
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    return channel_agent
+
+
+@dataclass
+class _Job:
+    inbound: InboundMessage
+    target: ReplyTarget
+    agent: str | None
+
+
+@dataclass
+class _Lane:
+    jobs: deque[_Job] = field(default_factory=deque)
+
+
+class _Waiter:
+    """A reply target that hands the reply to one awaiting caller (:meth:`Router.call`)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: Reply | None = None
+
+    async def send(self, response: OutboundMessage) -> None:
+        self.reply = response
+        self.done.set()
+
+    async def send_error(self, error: OutboundError) -> None:
+        self.reply = error
+        self.done.set()
+
+    def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
+        return no_typing()
+
+
+class Router:
+    """Runs submitted messages through the right agent and answers the reply target.
+
+    Start it with ``await nursery.start(router.serve)``; lanes run in its nursery.
+    ``submit`` returns as soon as the message is queued (it waits only when ``max_pending``
+    messages are already queued); ``call`` waits for the reply.
+    """
+
+    def __init__(
+        self, agents: AgentSet, *, max_concurrency: int = 64, max_pending: int = 10_000
+    ) -> None:
+        self.agents = agents
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._room = trio.Semaphore(max_pending)
+        self._lanes: dict[str, _Lane] = {}
+        self._nursery: trio.Nursery | None = None
+        self._pending = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages submitted and not yet answered."""
+        return self._pending
+
+    @property
+    def running(self) -> int:
+        return int(self._limiter.borrowed_tokens)
+
+    def set_max_concurrency(self, value: int) -> None:
+        self._limiter.total_tokens = value
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    async def submit(
+        self, inbound: InboundMessage, target: ReplyTarget, *, channel_agent: str | None = None
+    ) -> None:
+        """Queue ``inbound`` on its namespace's lane; the reply goes to ``target``."""
+        if self._nursery is None:
+            raise RuntimeError("router is not serving")
+        await self._room.acquire()
+        job = _Job(inbound, target, chosen_agent(inbound, channel_agent))
+        self._pending += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        key = inbound.namespace.key
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+            lane.jobs.append(job)
+            self._nursery.start_soon(self._run_lane, key, lane)
+        else:
+            lane.jobs.append(job)
+
+    async def call(self, inbound: InboundMessage, *, channel_agent: str | None = None) -> Reply:
+        """Submit ``inbound`` and wait for its reply."""
+        waiter = _Waiter()
+        await self.submit(inbound, waiter, channel_agent=channel_agent)
+        await waiter.done.wait()
+        assert waiter.reply is not None
+        return waiter.reply
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is pending."""
+        await self._idle.wait()
+
+    async def _run_lane(self, key: str, lane: _Lane) -> None:
+        try:
+            while lane.jobs:
+                job = lane.jobs[0]
+                try:
+                    async with self._limiter:
+                        await self._process(job)
+                finally:
+                    lane.jobs.popleft()
+                    self._pending -= 1
+                    self._room.release()
+                    if self._pending == 0:
+                        self._idle.set()
+        finally:
+            del self._lanes[key]
+
+    async def _process(self, job: _Job) -> None:
+        inbound = job.inbound
+        reply: Reply
+        async with job.target.start_typing(inbound.metadata):
+            try:
+                runtime = self.agents.resolve(job.agent)
+                result = await runtime.run(inbound.namespace, inbound.message)
+            except Exception as exc:
+                if isinstance(exc, OrradError):
+                    log.warning("run in %s failed: %s", inbound.namespace, exc)
+                else:
+                    log.exception("run in %s crashed", inbound.namespace)
+                reply = OutboundError(
+                    inbound.namespace, describe_error(exc), inbound.metadata, code=error_code(exc)
+                )
+            else:
+                reply = OutboundMessage(
+                    inbound.namespace, result.final_message, result, inbound.metadata
+                )
+            await self._deliver(job.target, reply)
+
+    async def _deliver(self, target: ReplyTarget, reply: Reply) -> None:
+        try:
+            if isinstance(reply, OutboundMessage):
+                await target.send(reply)
+            else:
+                await target.send_error(reply)
+        except ChannelError as exc:
+            log.warning("reply to %s not delivered: %s", reply.namespace, exc)
+        except Exception:
+            log.exception("reply to %s not delivered", reply.namespace)

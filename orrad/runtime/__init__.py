@@ -1,0 +1,1 @@
+"""The agent runtime: the loop, its context budget, sessions, tools, policies, providers."""

@@ -1,0 +1,300 @@
+"""The context budget: estimating a request's size and trimming history to fit it.
+
+Estimates follow orra (spec §5) so budgets behave the same: a message costs
+``tokens(content) + 4``, plus ``tokens(name) + tokens(compact JSON arguments) + 5`` per tool
+call and ``tokens(content) + 5`` per tool result. orrad also counts tool schemas
+(:meth:`MessageCounter.count_tools`), which orra left out.
+
+Where orrad departs from orra on purpose:
+
+- :func:`fit_to_budget` pins the system message by role (orra pinned index 0, whatever it
+  was), never separates a tool call from its results, starts the kept history on a plain user
+  message, and always keeps the run in progress.
+- Counts are cached per message, so a turn tokenizes only the messages that are new.
+- :func:`truncate_tool_result` cuts on a character boundary; orra cut bytes and could split a
+  UTF-8 sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from orrad.errors import ConfigError
+from orrad.model import Message
+from orrad.runtime.provider import ToolDefinition
+from orrad.runtime.tokenizer import Tokenizer
+
+__all__ = [
+    "MESSAGE_OVERHEAD",
+    "TOOL_CALL_OVERHEAD",
+    "TOOL_RESULT_OVERHEAD",
+    "TRUNCATION_MARKER",
+    "ContextBudget",
+    "MessageCounter",
+    "fit_to_budget",
+    "truncate_tool_result",
+]
+
+# Fixed costs per message, tool call and tool result (orra's numbers): role markers,
+# separators and ids that the provider adds around the text.
+MESSAGE_OVERHEAD = 4
+TOOL_CALL_OVERHEAD = 5
+TOOL_RESULT_OVERHEAD = 5
+
+TRUNCATION_MARKER = "\n\n[truncated — original was {current} tokens, limit is {limit}]"
+
+
+@dataclass(frozen=True, slots=True)
+class ContextBudget:
+    """How many tokens a request may use.
+
+    ``available`` (``max_tokens - reserved_for_output``, at least 0) is what the input — system
+    prompt, tool schemas and history — may take. ``max_tool_result`` (``floor(available *
+    tool_result_share)``) caps a single tool result, so one huge output cannot push the whole
+    conversation out. orra's defaults were 200000/4096; orrad's follow the config defaults
+    (``context_tokens: 8192``, ``max_output_tokens: 1024``).
+    """
+
+    max_tokens: int = 8192
+    reserved_for_output: int = 1024
+    tool_result_share: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 0 or self.reserved_for_output < 0:
+            raise ConfigError(
+                f"context budget must not be negative (max_tokens={self.max_tokens}, "
+                f"reserved_for_output={self.reserved_for_output})"
+            )
+        if not 0.0 <= self.tool_result_share <= 1.0:
+            raise ConfigError(
+                f"tool_result_share must be between 0 and 1, not {self.tool_result_share}"
+            )
+
+    @property
+    def available(self) -> int:
+        return max(0, self.max_tokens - self.reserved_for_output)
+
+    @property
+    def max_tool_result(self) -> int:
+        return math.floor(self.available * self.tool_result_share)
+
+    def remaining(self, used: int) -> int:
+        """Tokens left after ``used`` (never negative)."""
+        return max(0, self.available - used)
+
+    def is_over(self, used: int) -> bool:
+        """True when ``used`` exceeds :attr:`available`."""
+        return used > self.available
+
+
+def _compact_json(value: Any) -> str:
+    # Compact, like serde_json::to_string in orra. ``enc_hook=str`` keeps a value that is not
+    # plain JSON (a tool that built its arguments by hand) countable instead of raising.
+    return msgspec.json.encode(value, enc_hook=str).decode()
+
+
+class MessageCounter:
+    """Token estimates for messages and tool schemas, cached per message.
+
+    A session's history is re-sent every turn, so without a cache each turn would tokenize
+    the whole conversation again (real BPE runs at a few MB/s). Counts are kept in an LRU of
+    ``max_entries``.
+
+    Cache key: a hash of exactly what the count depends on — the content, each tool call's
+    name and compact JSON arguments, and each result's content. Why not identity:
+
+    - ``Message`` is a mutable msgspec Struct without ``weakref=True``, so a weakref cache is
+      impossible, and an ``id()`` cache would go stale when a message is edited in place or
+      when its id is reused after garbage collection;
+    - sessions are decoded afresh from the store for every run, so identity would miss on
+      every turn, while equal content hits.
+
+    The key is the 64-bit ``hash()`` of those fields (plus the content length) rather than
+    the fields themselves, so the cache holds no strings: entries stay a few dozen bytes even
+    when tool outputs are large. Building it is cheap because CPython caches a ``str``'s hash
+    on the object. A collision (odds ~1e-11 at 8192 entries) would only misestimate one
+    message; the provider still enforces the real limit.
+
+    Thread-safe: the cache is guarded by a lock; tokenizing happens outside it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, max_entries: int = 8192) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self._tokenizer = tokenizer
+        self._max_entries = max_entries
+        self._cache: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def count_text(self, text: str) -> int:
+        """Tokens of bare ``text`` (not cached; a message's overhead is not added)."""
+        return self._tokenizer.count(text)
+
+    def count(self, message: Message) -> int:
+        """Estimated tokens of ``message`` (orra's formula, see the module docstring)."""
+        calls = tuple((call.name, _compact_json(call.arguments)) for call in message.tool_calls)
+        results = tuple(result.content for result in message.tool_results)
+        key = (hash((message.content, calls, results)), len(message.content))
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached
+        tok = self._tokenizer.count
+        total = tok(message.content) + MESSAGE_OVERHEAD
+        for name, arguments in calls:
+            total += tok(name) + tok(arguments) + TOOL_CALL_OVERHEAD
+        for content in results:
+            total += tok(content) + TOOL_RESULT_OVERHEAD
+        self._store(key, total)
+        return total
+
+    def count_all(self, messages: Iterable[Message]) -> int:
+        """Sum of :meth:`count` over ``messages``."""
+        return sum(self.count(message) for message in messages)
+
+    def count_tools(self, definitions: Iterable[ToolDefinition | Mapping[str, Any]]) -> int:
+        """Tokens of the tool schemas sent with a request: the compact JSON of each definition.
+
+        orra ignored these, which made every tool-using request larger than its estimate.
+        Cached like messages, keyed by the JSON text.
+        """
+        total = 0
+        for definition in definitions:
+            text = _compact_json(definition)
+            # A tag unlike any message key's second element (a length >= 0) keeps schema
+            # entries apart from message entries in the shared cache.
+            key = (hash(text), -1 - len(text))
+            cached = self._lookup(key)
+            if cached is None:
+                cached = self._tokenizer.count(text)
+                self._store(key, cached)
+            total += cached
+        return total
+
+    def _lookup(self, key: tuple[int, int]) -> int | None:
+        with self._lock:
+            value = self._cache.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._cache.move_to_end(key)
+            return value
+
+    def _store(self, key: tuple[int, int], value: int) -> None:
+        with self._lock:
+            self._cache[key] = value
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
+
+
+# -- trimming --------------------------------------------------------------------------------
+
+
+def _is_plain_user(message: Message) -> bool:
+    return message.role == "user" and not message.tool_results
+
+
+def _start_points(history: Sequence[Message]) -> list[int]:
+    """Indices where the kept history may begin, oldest first.
+
+    The start of every user turn (a plain user message) when there is one. A cut there can
+    never separate a tool call from its results: results always follow their call inside the
+    same turn. A history without any user message (an imported or hand-built one) falls back
+    to every index that does not hold tool results, i.e. the boundaries of the atomic
+    (tool call, results) units.
+    """
+    users = [i for i, message in enumerate(history) if _is_plain_user(message)]
+    if users:
+        return users
+    return [i for i, message in enumerate(history) if not message.tool_results]
+
+
+def fit_to_budget(
+    system: Message | None,
+    history: Sequence[Message],
+    budget_tokens: int,
+    counter: MessageCounter,
+) -> list[Message]:
+    """Return the message list for a request: the system message, then what fits of history.
+
+    Rules, in priority order:
+
+    1. ``system`` (if given) comes first and is always kept.
+    2. The newest plain user message and everything after it — the run in progress, with
+       its tool calls and results — is always kept, even when it alone exceeds the budget
+       (the provider's context error is the honest outcome then; tool results should have
+       been capped with :func:`truncate_tool_result`).
+    3. Older history is added whole turns at a time, newest first, while the total stays
+       within ``budget_tokens``; the first turn that does not fit ends the walk, so the kept
+       history is always a contiguous suffix.
+    4. The kept history starts on a plain user message whenever ``history`` contains one, so
+       anything before the first user message (a greeting, stray results) is dropped even
+       when it would fit. A tool call is never kept without its results, nor a result
+       without its call, unless ``history`` itself was already broken inside the kept part.
+
+    ``budget_tokens`` is what the messages may use: typically ``budget.available`` minus
+    :meth:`MessageCounter.count_tools` of the request's tools. Thanks to the counter's cache,
+    a call costs one cache lookup per message plus tokenizing the new ones.
+    """
+    kept: list[Message] = []
+    remaining = budget_tokens
+    if system is not None:
+        kept.append(system)
+        remaining -= counter.count(system)
+    starts = _start_points(history)
+    if not starts:
+        # Nothing but tool results: every one of them would be an orphan.
+        return kept
+    chosen = starts[-1]
+    used = counter.count_all(history[chosen:])
+    for start in reversed(starts[:-1]):
+        turn = counter.count_all(history[start:chosen])
+        if used + turn > remaining:
+            break
+        used += turn
+        chosen = start
+    kept.extend(history[chosen:])
+    return kept
+
+
+def truncate_tool_result(content: str, max_tokens: int, tokenizer: Tokenizer) -> str:
+    """Shorten a tool's output to about ``max_tokens`` tokens, saying that it did.
+
+    ``content`` comes back unchanged when it fits. Otherwise the kept prefix is the same
+    fraction of its UTF-8 bytes as ``max_tokens`` is of its tokens, moved back to a character
+    boundary (orra cut raw bytes and could split a character). It then ends at the last line
+    break inside it, if that keeps at least half of the prefix — a single long line such as
+    minified JSON is cut mid-line instead of being dropped whole. The marker
+    ``"\\n\\n[truncated — original was {cur} tokens, limit is {max}]"`` follows.
+
+    The result is close to, not exactly within, ``max_tokens``: the marker adds about 20
+    tokens and BPE counts are not proportional to length.
+    """
+    current = tokenizer.count(content)
+    if current <= max_tokens:
+        return content
+    # "surrogatepass" round-trips lone surrogates (surrogateescape-decoded output) intact.
+    raw = content.encode("utf-8", "surrogatepass")
+    keep = len(raw) * max(max_tokens, 0) // current
+    # UTF-8 continuation bytes are 0b10xxxxxx: step back until ``keep`` starts a character.
+    while 0 < keep < len(raw) and raw[keep] & 0xC0 == 0x80:
+        keep -= 1
+    prefix = raw[:keep].decode("utf-8", "surrogatepass")
+    newline = prefix.rfind("\n")
+    if newline >= len(prefix) // 2:
+        prefix = prefix[:newline]
+    return prefix + TRUNCATION_MARKER.format(current=current, limit=max_tokens)

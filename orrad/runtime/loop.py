@@ -1,0 +1,233 @@
+"""The agent loop: one user message in, one final assistant message out.
+
+:meth:`Runtime.run` loads the namespace's session, appends the user message and saves it
+(so a provider failure never loses what the user said), then alternates provider calls and
+tool execution up to ``max_turns``, saving after every turn. Runs on one namespace are
+serialised by a per-namespace lock; different namespaces run concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from orrad.errors import ContextLengthExceeded, MaxTurnsExceeded, ToolError
+from orrad.model import Message, Namespace, ToolCall, ToolResult, Usage
+from orrad.runtime.context import ContextBudget, MessageCounter, fit_to_budget, truncate_tool_result
+from orrad.runtime.policy import PolicyRegistry
+from orrad.runtime.provider import (
+    CompletionRequest,
+    CompletionResponse,
+    Provider,
+    ToolDefinition,
+)
+from orrad.runtime.sessions import Session, SessionStore
+from orrad.runtime.tokenizer import CharEstimator, Tokenizer
+from orrad.runtime.tools import ToolRegistry
+
+__all__ = ["NamespaceLocks", "RunResult", "Runtime", "RuntimeConfig", "TurnResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeConfig:
+    """How one agent runs. ``context_tokens`` is the whole input budget of a request."""
+
+    system_prompt: str | None = None
+    model: str | None = None
+    max_turns: int = 10
+    max_output_tokens: int = 1024
+    temperature: float | None = None
+    context_tokens: int = 8192
+    tool_result_share: float = 0.3
+    parallel_tools: bool = True
+    tool_timeout_s: float = 60.0
+
+
+@dataclass
+class TurnResult:
+    """One provider call and the results of the tools it asked for (if any)."""
+
+    response: CompletionResponse
+    tool_results: list[ToolResult] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    final_message: Message
+    turns: list[TurnResult]
+    total_usage: Usage
+    agent: str = ""
+
+
+class NamespaceLocks:
+    """One lock per namespace key, created on demand and dropped when nobody holds it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, namespace: Namespace) -> AsyncIterator[None]:
+        key = namespace.key
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class Runtime:
+    """An agent: a provider, a session store, tools, policies and a token budget.
+
+    ``await runtime.run(namespace, message)`` returns a :class:`RunResult`, or raises
+    :class:`~orrad.errors.ProviderError` (after the provider's own retries),
+    :class:`~orrad.errors.StoreError` or :class:`~orrad.errors.MaxTurnsExceeded`. Pass the
+    same ``locks`` to several runtimes that share a store so they serialise per namespace.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        store: SessionStore,
+        tools: ToolRegistry | None = None,
+        policies: PolicyRegistry | None = None,
+        tokenizer: Tokenizer | None = None,
+        config: RuntimeConfig | None = None,
+        *,
+        name: str = "default",
+        locks: NamespaceLocks | None = None,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.tools = tools if tools is not None else ToolRegistry()
+        self.policies = policies if policies is not None else PolicyRegistry()
+        self.tokenizer = tokenizer if tokenizer is not None else CharEstimator()
+        self.config = config if config is not None else RuntimeConfig()
+        self.name = name
+        self.locks = locks if locks is not None else NamespaceLocks()
+        self.counter = MessageCounter(self.tokenizer)
+
+    @property
+    def budget(self) -> ContextBudget:
+        return ContextBudget(
+            self.config.context_tokens, self.config.max_output_tokens,
+            self.config.tool_result_share,
+        )
+
+    async def run(
+        self, namespace: Namespace, message: Message, *, max_turns: int | None = None
+    ) -> RunResult:
+        async with self.locks.hold(namespace):
+            return await self._run_locked(namespace, message, max_turns or self.config.max_turns)
+
+    async def _run_locked(self, namespace: Namespace, message: Message, max_turns: int) -> RunResult:
+        session = await self.store.load(namespace) or Session(namespace.key)
+        session.push(message)
+        await self.store.save(session)
+        system = Message.system(self.config.system_prompt) if self.config.system_prompt else None
+        turns: list[TurnResult] = []
+        usage = Usage()
+        for _ in range(max_turns):
+            # Re-resolved every turn: a reload may change policies between turns.
+            policy = self.policies.resolve(namespace)
+            definitions = policy.filter(self.tools.definitions())
+            response = await self._complete(system, session.messages, definitions)
+            usage = usage + response.usage
+            session.push(response.message)
+            # Any tool call is tool use, whatever finish_reason says (orra kept dangling calls).
+            if response.message.tool_calls:
+                results = await self._execute_tools(namespace, response.message.tool_calls)
+                session.push(Message.tool_result(results))
+                turns.append(TurnResult(response, results))
+                await self.store.save(session)
+                continue
+            turns.append(TurnResult(response))
+            await self.store.save(session)
+            return RunResult(response.message, turns, usage, self.name)
+        raise MaxTurnsExceeded(max_turns)
+
+    async def _complete(
+        self,
+        system: Message | None,
+        history: list[Message],
+        definitions: list[ToolDefinition],
+    ) -> CompletionResponse:
+        budget = self.budget.available - self.counter.count_tools(definitions)
+        messages = fit_to_budget(system, history, budget, self.counter)
+        request = CompletionRequest(
+            messages=messages,
+            tools=definitions,
+            max_tokens=self.config.max_output_tokens,
+            temperature=self.config.temperature,
+            model=self.config.model,
+        )
+        try:
+            return await self.provider.complete(request)
+        except ContextLengthExceeded:
+            # Our count disagreed with the model's: compact once to half of what was sent
+            # and retry once.
+            sent = self.counter.count_all(messages)
+            smaller = fit_to_budget(system, history, sent // 2, self.counter)
+            if len(smaller) >= len(messages):
+                raise
+            log.warning("context too long for the model; retrying with %d messages", len(smaller))
+            return await self.provider.complete(msgspec.structs.replace(request, messages=smaller))
+
+    async def _execute_tools(
+        self, namespace: Namespace, calls: list[ToolCall]
+    ) -> list[ToolResult]:
+        results: list[ToolResult | None] = [None] * len(calls)
+
+        async def run_one(index: int, call: ToolCall) -> None:
+            results[index] = await self._execute_tool(namespace, call)
+
+        if self.config.parallel_tools and len(calls) > 1:
+            async with trio.open_nursery() as nursery:
+                for index, call in enumerate(calls):
+                    nursery.start_soon(run_one, index, call)
+        else:
+            for index, call in enumerate(calls):
+                await run_one(index, call)
+        return [r for r in results if r is not None]
+
+    async def _execute_tool(self, namespace: Namespace, call: ToolCall) -> ToolResult:
+        # The policy is checked here, at execution, not only when listing tools: a model can
+        # name a tool it was never offered.
+        if not self.policies.resolve(namespace).permits(call.name):
+            log.warning("tool %s denied by policy in %s", call.name, namespace)
+            return ToolResult(call.id, f"tool {call.name!r} is not allowed here", True)
+        tool = self.tools.get(call.name)
+        if tool is None:
+            return ToolResult(call.id, f"unknown tool: {call.name}", True)
+        try:
+            with trio.fail_after(self.config.tool_timeout_s):
+                output = await tool.execute(dict(call.arguments))
+        except ToolError as exc:
+            return ToolResult(call.id, str(exc), True)
+        except trio.TooSlowError:
+            return ToolResult(
+                call.id, f"execution failed: timed out after {self.config.tool_timeout_s:g}s",
+                True,
+            )
+        except Exception as exc:
+            log.exception("tool %s crashed", call.name)
+            return ToolResult(call.id, f"execution failed: {type(exc).__name__}", True)
+        limit = self.budget.max_tool_result
+        return ToolResult(call.id, truncate_tool_result(output, limit, self.tokenizer))

@@ -1,0 +1,47 @@
+"""The ``echo`` provider: no network, no key; answers ``echo: <the user's text>``.
+
+It is the default provider (CONTRACT §8), so a fresh daemon runs end to end offline. Token
+usage is estimated at four characters per token.
+"""
+
+from __future__ import annotations
+
+from orrad.model import Message, Usage
+from orrad.runtime.provider import CompletionRequest, CompletionResponse
+
+__all__ = ["EchoProvider"]
+
+
+def _tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+class EchoProvider:
+    """Replies ``Message.assistant("echo: " + text)`` where ``text`` is the last user text.
+
+    Tool-result messages carry no text and are skipped; with no user text the reply is
+    ``"echo: "``. The finish reason is always ``"stop"``; it never calls tools.
+    """
+
+    def __init__(self, name: str = "echo") -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str | None:
+        return None
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        text = next(
+            (m.content for m in reversed(request.messages) if m.role == "user" and m.content),
+            "",
+        )
+        reply = Message.assistant("echo: " + text)
+        usage = Usage(
+            input_tokens=sum(_tokens(m.content) for m in request.messages),
+            output_tokens=_tokens(reply.content),
+        )
+        return CompletionResponse(reply, usage, "stop")

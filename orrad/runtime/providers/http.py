@@ -1,0 +1,98 @@
+"""The transport layer under the HTTP providers: one shared client and one guarded POST.
+
+The daemon makes one :class:`httpx.AsyncClient` with :func:`make_http_client` and hands it to
+every provider. :func:`post` sends one request under a hard deadline and translates every
+httpx failure into the :class:`~orrad.errors.ProviderError` tree, so nothing above this
+module sees an httpx exception. Status codes are not judged here; that is
+:mod:`orrad.runtime.providers.retry`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from orrad.errors import ProviderError, ProviderUnavailable
+
+__all__ = ["RawResponse", "make_http_client", "post"]
+
+CONNECT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 120.0
+KEEPALIVE_EXPIRY_S = 30.0
+
+
+def make_http_client(max_connections: int) -> httpx.AsyncClient:
+    """Create the client every provider shares.
+
+    Args:
+        max_connections: the pool size. httpx's default of 100 would silently cap how many
+            runs can talk to a provider at once, so the daemon passes its concurrency limit.
+
+    Returns:
+        A client with explicit limits and timeouts, no redirects and no retries of its own
+        (providers retry at exactly one layer). Per-call timeouts override the defaults.
+
+    Resources:
+        The caller owns the client and must ``await client.aclose()`` when done.
+    """
+    if max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    return httpx.AsyncClient(
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        ),
+        timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        follow_redirects=False,
+        headers={"user-agent": "orrad"},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """A fully read HTTP response: status, headers and body bytes."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: bytes,
+    timeout_s: float,
+) -> RawResponse:
+    """POST ``body`` to ``url`` and read the whole response within ``timeout_s`` seconds.
+
+    The deadline covers connecting, sending, waiting and reading the body; httpx's own
+    per-phase timeouts and a ``trio.fail_after`` guard both enforce it.
+
+    Raises:
+        ProviderUnavailable: a timeout, a refused or dropped connection, or a broken
+            response (transient; the retry layer tries again).
+        ProviderError: anything retrying cannot fix (bad URL, unsupported scheme).
+    """
+    try:
+        with trio.fail_after(timeout_s):
+            response = await client.post(
+                url, content=body, headers=headers, timeout=httpx.Timeout(timeout_s)
+            )
+    except (trio.TooSlowError, httpx.TimeoutException) as exc:
+        raise ProviderUnavailable(f"request timed out after {timeout_s:g}s") from exc
+    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        raise ProviderUnavailable(f"request failed: {_describe(exc)}") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise ProviderError(f"request failed: {_describe(exc)}") from exc
+    return RawResponse(response.status_code, response.headers, response.content)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

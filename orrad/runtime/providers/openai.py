@@ -1,0 +1,226 @@
+"""OpenAI-compatible Chat Completions (OpenAI, Ollama, vLLM, llama.cpp, LM Studio...).
+
+``POST {base_url}/chat/completions`` where ``base_url`` already ends in ``/v1`` (config
+normalises it, CONTRACT §8). The wire mapping is two pure functions, :func:`encode_request`
+and :func:`decode_response`; :class:`OpenAIProvider` glues them to the retry layer.
+
+Parsing is tolerant: only ``choices[0]`` is read, null content is ``""``, tool-call arguments
+that are not a JSON object become ``{}`` (with a warning), and any non-empty ``tool_calls``
+means tool use whatever ``finish_reason`` says.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import msgspec
+
+from orrad.errors import ProviderError
+from orrad.model import Message, ToolCall, Usage
+from orrad.runtime.provider import CompletionRequest, CompletionResponse, FinishReason
+from orrad.runtime.providers.retry import ErrorDetail, RetryPolicy, post_json
+
+__all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "decode_response", "encode_request"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_TOKENS = 1024
+
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "tool_calls": "tool_use",
+                                    "function_call": "tool_use", "length": "max_tokens"}
+
+
+class OpenAIProvider:
+    """A :class:`~orrad.runtime.provider.Provider` speaking Chat Completions.
+
+    Args:
+        name: the configured provider name (used in logs).
+        client: the daemon's shared client; not closed by the provider.
+        base_url: API root including ``/v1``.
+        api_key: sent as ``Authorization: Bearer``; the header is left out when empty.
+        model: default model; a request's ``model`` overrides it.
+        policy: timeouts and retries.
+    """
+
+    def __init__(
+        self, name: str, *, client: httpx.AsyncClient, base_url: str = DEFAULT_BASE_URL,
+        api_key: str = "", model: str | None = None, policy: RetryPolicy | None = None,
+    ) -> None:
+        self._name = name
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key
+        self._model = model
+        self._policy = policy or RetryPolicy()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        """Run one completion; raises ``ProviderError`` subclasses only (after retries)."""
+        model = request.model or self._model
+        if not model:
+            raise ProviderError(f"no model configured for provider {self._name!r}")
+        headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        raw = await post_json(
+            self._client, self._url, headers=headers,
+            body=msgspec.json.encode(encode_request(request, model)),
+            policy=self._policy, parse_error=parse_error, secret=self._api_key,
+            provider=self._name,
+        )
+        return decode_response(raw)
+
+
+# -- request ---------------------------------------------------------------------------------
+
+
+def encode_request(request: CompletionRequest, model: str) -> dict[str, Any]:
+    """The Chat Completions body for ``request`` (orra-spec §3.2)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [m for message in request.messages for m in _encode_message(message)],
+        "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
+    }
+    if request.tools:
+        body["tools"] = [
+            {"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.input_schema,
+            }}
+            for t in request.tools
+        ]
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
+
+
+def _encode_message(message: Message) -> list[dict[str, Any]]:
+    if message.role == "user" and message.tool_results:
+        out: list[dict[str, Any]] = [
+            {"role": "tool", "tool_call_id": r.call_id, "content": r.content}
+            for r in message.tool_results
+        ]
+        if message.content:  # orra dropped this text; keep it as a user turn after the results
+            out.append({"role": "user", "content": message.content})
+        return out
+    if message.role == "assistant" and message.tool_calls:
+        encoded: dict[str, Any] = {"role": "assistant", "content": message.content or None}
+        encoded["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {
+                "name": c.name, "arguments": msgspec.json.encode(c.arguments).decode(),
+            }}
+            for c in message.tool_calls
+        ]
+        return [encoded]
+    return [{"role": message.role, "content": message.content}]
+
+
+# -- response --------------------------------------------------------------------------------
+
+
+class _Part(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+class _Function(msgspec.Struct):
+    name: str = ""
+    arguments: str | dict[str, Any] | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    id: str | None = None
+    function: _Function = msgspec.field(default_factory=_Function)
+
+
+class _Message(msgspec.Struct):
+    content: str | list[_Part] | None = None
+    tool_calls: list[_ToolCall] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message = msgspec.field(default_factory=_Message)
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+
+
+class _ErrorInner(msgspec.Struct):
+    message: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _ErrorInner | str | None = None
+
+
+def decode_response(raw: bytes) -> CompletionResponse:
+    """Parse a 2xx body; a body that is not a chat completion raises ``ProviderError``."""
+    try:
+        completion = msgspec.json.decode(raw, type=_Completion)
+    except msgspec.DecodeError as exc:
+        raise ProviderError(f"failed to parse response: {exc}") from exc
+    usage = completion.usage or _Usage()
+    usage_out = Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+    if not completion.choices:
+        return CompletionResponse(Message.assistant(""), usage_out, "stop")
+    choice = completion.choices[0]
+    calls = [_tool_call(i, c) for i, c in enumerate(choice.message.tool_calls or ())]
+    if calls:
+        finish: FinishReason = "tool_use"
+    elif choice.finish_reason is None:
+        finish = "stop"
+    else:
+        finish = _FINISH.get(choice.finish_reason, "other")
+    message = Message.assistant(_text(choice.message.content), calls)
+    return CompletionResponse(message, usage_out, finish)
+
+
+def _text(content: str | list[_Part] | None) -> str:
+    if isinstance(content, list):
+        return "".join(p.text or "" for p in content if p.type == "text")
+    return content or ""
+
+
+def _tool_call(index: int, call: _ToolCall) -> ToolCall:
+    arguments = call.function.arguments
+    if isinstance(arguments, str):
+        try:
+            arguments = msgspec.json.decode(arguments) if arguments.strip() else {}
+        except msgspec.DecodeError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        logger.warning(
+            "tool call %r: arguments are not a JSON object; using {}", call.function.name
+        )
+        arguments = {}
+    return ToolCall(call.id or f"call_{index}", call.function.name, arguments)
+
+
+def parse_error(raw: bytes) -> ErrorDetail:
+    """``error.message`` (and ``error.code``) of an error body, else the raw body text."""
+    try:
+        body = msgspec.json.decode(raw, type=_ErrorBody)
+    except msgspec.DecodeError:
+        body = _ErrorBody()
+    if isinstance(body.error, str) and body.error:  # Ollama: {"error": "model not found"}
+        return ErrorDetail(body.error)
+    if isinstance(body.error, _ErrorInner) and body.error.message:
+        code = body.error.code
+        return ErrorDetail(body.error.message, None if code is None else str(code))
+    return ErrorDetail(raw.decode("utf-8", "replace").strip() or "(empty body)")

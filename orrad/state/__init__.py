@@ -1,0 +1,6 @@
+"""Durable state in one SQLite database under ``state_dir``."""
+
+from orrad.state.db import Database
+from orrad.state.sessions import SqliteSessionStore
+
+__all__ = ["Database", "SqliteSessionStore"]

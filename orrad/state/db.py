@@ -1,0 +1,160 @@
+"""One SQLite database per daemon: WAL, one writer, all work off the event loop.
+
+Every call runs in a worker thread (``trio.to_thread.run_sync``) and never abandons it on
+cancellation: a cancelled caller waits for the statement to finish, so a write is either
+committed or not started, never in an unknown state. One lock serialises use of the single
+connection; SQLite allows one writer at a time anyway, and WAL keeps outside readers (the
+``orrad sessions`` CLI) unblocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from orrad.errors import StoreError
+
+__all__ = ["DB_FILENAME", "Database"]
+
+log = logging.getLogger(__name__)
+
+DB_FILENAME = "orrad.sqlite3"
+T = TypeVar("T")
+
+# Each entry moves the schema from version i to i+1. Append only; never edit a shipped step.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE sessions (
+        namespace TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        metadata BLOB NOT NULL,
+        message_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE session_messages (
+        namespace TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (namespace, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE kv (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (scope, key)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+class Database:
+    """The daemon's SQLite file, opened with :meth:`open` and closed with :meth:`close`.
+
+    ``read_only`` opens an existing file without creating or migrating it (CLI readers).
+    """
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._conn: sqlite3.Connection | None = None
+        self._lock = trio.Lock()
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str, *, read_only: bool = False) -> Database:
+        return cls(os.path.join(state_dir, DB_FILENAME), read_only=read_only)
+
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self._open_sync)
+
+    def _open_sync(self) -> None:
+        try:
+            if self.read_only:
+                if not os.path.exists(self.path):
+                    raise StoreError(f"no state database at {self.path}")
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA busy_timeout = 5000")
+            else:
+                os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: an acknowledged message must survive power loss, not only a crash.
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        for target in range(version + 1, len(MIGRATIONS) + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("state database %s migrated to schema %d", self.path, target)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await trio.to_thread.run_sync(conn.close)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in a worker thread, alone on the connection.
+
+        ``fn`` manages its own transaction (use :func:`transaction`). sqlite3 errors become
+        :class:`~orrad.errors.StoreError`.
+        """
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("state database is not open")
+            try:
+                return await trio.to_thread.run_sync(fn, conn)
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
+
+    def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Blocking variant for code outside trio (CLI readers)."""
+        if self._conn is None:
+            self._open_sync()
+        assert self._conn is not None
+        try:
+            return fn(self._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class transaction:  # noqa: N801 - used like a function: ``with transaction(conn):``
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,115 @@
+"""Sessions in SQLite: one row per session, one row per message, appended on save."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+import msgspec
+
+from orrad.model import Message, Namespace
+from orrad.runtime.sessions import Session, SessionInfo
+from orrad.state.db import Database, transaction
+
+__all__ = ["SqliteSessionStore"]
+
+_encode = msgspec.json.encode
+_decode_message = msgspec.json.Decoder(Message).decode
+_decode_metadata = msgspec.json.Decoder(dict).decode
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class SqliteSessionStore:
+    """A :class:`~orrad.runtime.sessions.SessionStore` in the daemon's database.
+
+    ``save`` writes only the messages the database does not have yet (the runtime only
+    appends), so a turn costs O(new messages), not O(history).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def load(self, namespace: Namespace) -> Session | None:
+        return await self.db.run(lambda conn: load_session(conn, namespace.key))
+
+    async def save(self, session: Session) -> None:
+        await self.db.run(lambda conn: _save(conn, session))
+
+    async def delete(self, namespace: Namespace) -> bool:
+        return await self.db.run(lambda conn: _delete(conn, namespace.key))
+
+    async def list(self, prefix: Namespace | None = None) -> list[SessionInfo]:
+        return await self.db.run(lambda conn: list_sessions(conn, prefix))
+
+
+def load_session(conn: sqlite3.Connection, key: str) -> Session | None:
+    row = conn.execute(
+        "SELECT created_at, updated_at, metadata FROM sessions WHERE namespace = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return None
+    messages = [
+        _decode_message(body)
+        for (body,) in conn.execute(
+            "SELECT body FROM session_messages WHERE namespace = ? ORDER BY seq", (key,)
+        )
+    ]
+    return Session(
+        namespace=key,
+        messages=messages,
+        created_at=datetime.fromisoformat(row[0]),
+        updated_at=datetime.fromisoformat(row[1]),
+        metadata=_decode_metadata(row[2]),
+    )
+
+
+def _save(conn: sqlite3.Connection, session: Session) -> None:
+    key = session.namespace
+    with transaction(conn):
+        row = conn.execute(
+            "SELECT message_count FROM sessions WHERE namespace = ?", (key,)
+        ).fetchone()
+        stored = 0 if row is None else int(row[0])
+        if stored > len(session.messages):
+            # The history was rewritten (shorter than what is stored): start over.
+            conn.execute("DELETE FROM session_messages WHERE namespace = ?", (key,))
+            stored = 0
+        conn.executemany(
+            "INSERT OR REPLACE INTO session_messages (namespace, seq, body) VALUES (?, ?, ?)",
+            [(key, seq, _encode(m)) for seq, m in enumerate(session.messages[stored:], stored)],
+        )
+        conn.execute(
+            "INSERT INTO sessions (namespace, created_at, updated_at, metadata, message_count)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(namespace) DO UPDATE SET"
+            " updated_at = excluded.updated_at, metadata = excluded.metadata,"
+            " message_count = excluded.message_count",
+            (
+                key,
+                session.created_at.isoformat(),
+                session.updated_at.isoformat(),
+                _encode(session.metadata),
+                len(session.messages),
+            ),
+        )
+
+
+def _delete(conn: sqlite3.Connection, key: str) -> bool:
+    with transaction(conn):
+        conn.execute("DELETE FROM session_messages WHERE namespace = ?", (key,))
+        return conn.execute("DELETE FROM sessions WHERE namespace = ?", (key,)).rowcount > 0
+
+
+def list_sessions(conn: sqlite3.Connection, prefix: Namespace | None) -> list[SessionInfo]:
+    sql = "SELECT namespace, message_count, created_at, updated_at FROM sessions"
+    params: tuple[str, ...] = ()
+    if prefix is not None:
+        sql += " WHERE namespace = ? OR namespace LIKE ? ESCAPE '\\'"
+        params = (prefix.key, _escape_like(prefix.key) + ":%")
+    sql += " ORDER BY namespace"
+    return [
+        SessionInfo(ns, count, datetime.fromisoformat(c), datetime.fromisoformat(u))
+        for ns, count, c, u in conn.execute(sql, params)
+    ]

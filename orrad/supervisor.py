@@ -1,0 +1,395 @@
+"""The channel manager: one supervised runner per channel file.
+
+A runner starts its channel (``serve`` under ``nursery.start``), pumps its messages into the
+router, and when the channel fails decides, OTP-style, whether to restart it: ``permanent``
+always, ``transient`` only after an error, ``temporary`` never. Restarts wait a full-jitter
+exponential backoff; more than ``max_restarts`` within ``window_s`` (or a
+:class:`~orrad.errors.FatalChannelError`) leaves the channel ``failed``. A runner catches its
+channel's exceptions itself, so one channel's crash never touches another.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import trio
+
+from orrad.channels.base import Channel, ChannelContext
+from orrad.config import ChannelConfig
+from orrad.errors import ConfigErrors, FatalChannelError
+from orrad.model import OutboundError, OutboundMessage
+from orrad.router import Router
+
+__all__ = ["ChannelManager", "ChannelRunner", "ChannelState", "ChannelStatus", "FileResult"]
+
+log = logging.getLogger(__name__)
+
+# A generation that stayed up this long resets the backoff attempt counter.
+STABLE_AFTER_S = 60.0
+DEFAULT_STOP_GRACE_S = 10.0
+
+
+class ChannelState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+
+
+FINAL_STATES = frozenset({ChannelState.FAILED, ChannelState.STOPPED, ChannelState.COMPLETED})
+
+
+def _utc_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class ChannelStatus:
+    """What ``/v1/status`` says about one channel file (CONTRACT §5)."""
+
+    name: str
+    kind: str
+    file: str
+    state: ChannelState
+    generation: int = 0
+    restarts: int = 0
+    last_error: str | None = None
+    since: str = field(default_factory=_utc_iso)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "file": self.file,
+            "state": str(self.state),
+            "generation": self.generation,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "since": self.since,
+        }
+
+
+@dataclass
+class FileResult:
+    """The outcome of one file in a reload (CONTRACT §5 ``/v1/reload``)."""
+
+    file: str
+    result: str  # started | restarted | stopped | unchanged | rejected
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "result": self.result, "error": self.error}
+
+
+def full_jitter(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
+    """AWS full jitter: uniform(0, min(cap, initial * 2**attempt))."""
+    return rng.uniform(0.0, min(cap, initial * (2.0**attempt)))
+
+
+class _TrackedTarget:
+    """Counts a channel's messages that still await their reply, so completion can wait."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.in_flight = 0
+        self._changed = trio.Event()
+
+    def begin(self) -> None:
+        self.in_flight += 1
+
+    def _end(self) -> None:
+        self.in_flight -= 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        while self.in_flight:
+            await self._changed.wait()
+
+    async def send(self, response: OutboundMessage) -> None:
+        try:
+            await self.channel.send(response)
+        finally:
+            self._end()
+
+    async def send_error(self, error: OutboundError) -> None:
+        try:
+            await self.channel.send_error(error)
+        finally:
+            self._end()
+
+    def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
+        return self.channel.start_typing(metadata)
+
+
+ChannelFactory = Callable[[ChannelConfig, ChannelContext], Channel]
+
+
+class ChannelRunner:
+    """Supervises the channel of one file through all its generations.
+
+    ``status`` is the live :class:`ChannelStatus`. ``first_attempt_done`` is set once the
+    first start attempt has ended either way (running, backoff, failed or completed).
+    """
+
+    def __init__(
+        self,
+        file: str,
+        config: ChannelConfig,
+        factory: ChannelFactory,
+        context: ChannelContext,
+        router: Router,
+        *,
+        generation: int = 0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.file = file
+        self.config = config
+        self.factory = factory
+        self.context = context
+        self.router = router
+        self.rng = rng or random.Random()
+        assert config.name is not None
+        self.status = ChannelStatus(config.name, config.kind, file, ChannelState.STARTING,
+                                    generation=generation)
+        self.first_attempt_done = trio.Event()
+        self.finished = trio.Event()
+        self._cancel_scope = trio.CancelScope()
+        self._restart_times: deque[float] = deque()
+        self._attempt = 0
+
+    @property
+    def name(self) -> str:
+        return self.status.name
+
+    def _set_state(self, state: ChannelState, reason: str, delay: float | None = None) -> None:
+        self.status.state = state
+        self.status.since = _utc_iso()
+        if state is not ChannelState.STARTING:
+            self.first_attempt_done.set()
+        level = logging.WARNING if state in (ChannelState.BACKOFF, ChannelState.FAILED) else (
+            logging.INFO
+        )
+        extra = f", next start in {delay:.1f}s" if delay is not None else ""
+        log.log(level, "channel %s generation %d %s: %s%s", self.name, self.status.generation,
+                state, reason, extra)
+
+    async def run(self) -> None:
+        """Supervise until the channel completes, fails for good, or :meth:`stop` is called."""
+        restart = self.config.effective_restart()
+        try:
+            with self._cancel_scope:
+                while True:
+                    error = await self._run_generation()
+                    if error is None:
+                        if restart.policy != "permanent":
+                            self._set_state(ChannelState.COMPLETED, "finished")
+                            return
+                        reason = "finished; restarting (permanent)"
+                    elif isinstance(error, FatalChannelError):
+                        self.status.last_error = str(error)
+                        self._set_state(ChannelState.FAILED, f"fatal: {error}")
+                        return
+                    else:
+                        self.status.last_error = f"{type(error).__name__}: {error}"
+                        if restart.policy == "temporary":
+                            self._set_state(ChannelState.FAILED, self.status.last_error)
+                            return
+                        reason = self.status.last_error
+                    now = trio.current_time()
+                    self._restart_times.append(now)
+                    while self._restart_times and now - self._restart_times[0] > restart.window_s:
+                        self._restart_times.popleft()
+                    if len(self._restart_times) > restart.max_restarts:
+                        self._set_state(
+                            ChannelState.FAILED,
+                            f"{reason}; more than {restart.max_restarts} restarts in "
+                            f"{restart.window_s:g}s, giving up",
+                        )
+                        return
+                    delay = full_jitter(self._attempt, restart.backoff_initial_s,
+                                        restart.backoff_max_s, self.rng)
+                    self._attempt += 1
+                    self._set_state(ChannelState.BACKOFF, reason, delay)
+                    await trio.sleep(delay)
+                    self.status.restarts += 1
+            # Cancelled by stop(): the scope swallowed the cancellation.
+            if self.status.state not in FINAL_STATES:
+                self._set_state(ChannelState.STOPPED, "stopped")
+        finally:
+            self.first_attempt_done.set()
+            self.finished.set()
+
+    async def _run_generation(self) -> BaseException | None:
+        """One start of the channel; returns the error that ended it, or None on a clean end."""
+        self.status.generation += 1
+        self._set_state(ChannelState.STARTING, "starting")
+        started_at = trio.current_time()
+        try:
+            channel = self.factory(self.config, self.context)
+            target = _TrackedTarget(channel)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(channel.serve)
+                self._set_state(ChannelState.RUNNING, "connected")
+                await self._pump(channel, target)
+            # Intake is over and serve has returned: answer what is in flight before
+            # calling the channel finished.
+            await target.wait_idle()
+            return None
+        except Exception as exc:
+            return exc
+        finally:
+            if trio.current_time() - started_at >= STABLE_AFTER_S:
+                self._attempt = 0
+
+    async def _pump(self, channel: Channel, target: _TrackedTarget) -> None:
+        while (inbound := await channel.receive()) is not None:
+            target.begin()
+            try:
+                await self.router.submit(inbound, target, channel_agent=self.config.agent)
+            except BaseException:
+                target.in_flight -= 1
+                raise
+
+    def stop(self) -> None:
+        """Cancel the channel (it may run its bounded, shielded cleanup)."""
+        self._cancel_scope.cancel()
+
+
+def _same_config(a: ChannelConfig, b: ChannelConfig) -> bool:
+    return type(a) is type(b) and msgspec.json.encode(a) == msgspec.json.encode(b)
+
+
+class ChannelManager:
+    """All channel runners of a daemon, keyed by file; applies reloads file by file."""
+
+    def __init__(
+        self,
+        router: Router,
+        factory: ChannelFactory,
+        make_context: Callable[[ChannelConfig], ChannelContext],
+        *,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.router = router
+        self.factory = factory
+        self.make_context = make_context
+        self.stop_grace_s = stop_grace_s
+        self.rng = rng
+        self.runners: dict[str, ChannelRunner] = {}
+        self.rejected: dict[str, ChannelStatus] = {}
+        self._generations: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        self.changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _start_runner(self, file: str, config: ChannelConfig) -> ChannelRunner:
+        assert self._nursery is not None, "manager is not serving"
+        runner = ChannelRunner(
+            file, config, self.factory, self.make_context(config), self.router,
+            generation=self._generations.get(file, 0), rng=self.rng,
+        )
+        self.runners[file] = runner
+
+        async def supervise() -> None:
+            try:
+                await runner.run()
+            finally:
+                self._generations[file] = runner.status.generation
+                self._notify()
+
+        self._nursery.start_soon(supervise, name=f"channel:{runner.name}")
+        return runner
+
+    async def _stop_runner(self, runner: ChannelRunner) -> None:
+        runner.stop()
+        with trio.move_on_after(self.stop_grace_s) as scope:
+            await runner.finished.wait()
+        if scope.cancelled_caught:
+            log.error("channel %s did not stop in %gs; abandoning it", runner.name,
+                      self.stop_grace_s)
+        self._generations[runner.file] = runner.status.generation
+
+    async def apply(
+        self, configs: Mapping[str, ChannelConfig], errors: Mapping[str, ConfigErrors]
+    ) -> list[FileResult]:
+        """Make the running channels match ``configs`` (by file); see CONTRACT §7 SIGHUP."""
+        results: list[FileResult] = []
+        for file in sorted(set(self.runners) | set(self.rejected) | set(configs) | set(errors)):
+            results.append(await self._apply_file(file, configs.get(file), errors.get(file)))
+        self._notify()
+        return results
+
+    async def _apply_file(
+        self, file: str, config: ChannelConfig | None, error: ConfigErrors | None
+    ) -> FileResult:
+        runner = self.runners.get(file)
+        if error is not None:
+            message = str(error)
+            if runner is None or runner.status.state in FINAL_STATES:
+                name = file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+                self.rejected[file] = ChannelStatus(name, "?", file, ChannelState.REJECTED,
+                                                    last_error=message)
+            else:
+                runner.status.last_error = message
+            log.error("%s", message)
+            return FileResult(file, "rejected", message)
+        self.rejected.pop(file, None)
+        if config is None or not config.enabled:
+            if runner is None:
+                return FileResult(file, "unchanged")
+            del self.runners[file]
+            await self._stop_runner(runner)
+            return FileResult(file, "stopped")
+        if runner is None:
+            self._start_runner(file, config)
+            return FileResult(file, "started")
+        if _same_config(runner.config, config) and runner.status.state is not ChannelState.FAILED:
+            return FileResult(file, "unchanged")
+        await self._stop_runner(runner)
+        self._start_runner(file, config)
+        return FileResult(file, "restarted")
+
+    async def stop_all(self) -> None:
+        """Stop every channel, last started first, each within the grace period."""
+        for runner in reversed(list(self.runners.values())):
+            await self._stop_runner(runner)
+
+    def statuses(self) -> list[ChannelStatus]:
+        items = [r.status for r in self.runners.values()] + list(self.rejected.values())
+        return sorted(items, key=lambda s: s.file)
+
+    async def wait_first_attempts(self) -> None:
+        for runner in list(self.runners.values()):
+            await runner.first_attempt_done.wait()
+
+    def only_completed_stdin(self) -> bool:
+        """True when every channel is stdin and all reached end of input (CONTRACT §7)."""
+        if not self.runners or self.rejected:
+            return False
+        return all(
+            r.config.kind == "stdin" and r.status.state is ChannelState.COMPLETED
+            for r in self.runners.values()
+        )
