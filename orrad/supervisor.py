@@ -387,7 +387,7 @@ class ChannelManager:
 
     def only_completed_stdin(self) -> bool:
         """True when every channel is stdin and all reached end of input (CONTRACT §7)."""
-        if not self.runners or self.rejected:
+        if not self.runners:
             return False
         return all(
             r.config.kind == "stdin" and r.status.state is ChannelState.COMPLETED

@@ -31,7 +31,7 @@ class StdinChannel(BaseChannel):
         config: ChannelConfig,
         context: ChannelContext,
         *,
-        input: IO[bytes] | None = None,  # noqa: A002 - mirrors subprocess' naming
+        input: IO[bytes] | None = None,
         output: IO[str] | None = None,
     ) -> None:
         super().__init__(config, context)

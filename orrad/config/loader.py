@@ -129,7 +129,10 @@ def _friendly(message: str, tp: Any) -> str:
     if message.startswith("Invalid enum value"):
         choices = typing.get_args(_optional_of(tp) or tp)
         return "expected one of " + ", ".join(map(str, choices))
-    message = re.sub(r"`([^`]*)`", lambda m: _TYPE_WORDS.get(m[1], m[1]), message)
+    def words(m: re.Match[str]) -> str:
+        return re.sub(r"\w+", lambda w: _TYPE_WORDS.get(w[0], w[0]), m[1])
+
+    message = re.sub(r"`([^`]*)`", words, message)
     return message[:1].lower() + message[1:]
 
 

@@ -137,7 +137,9 @@ class Runtime:
         async with self.locks.hold(namespace):
             return await self._run_locked(namespace, message, max_turns or self.config.max_turns)
 
-    async def _run_locked(self, namespace: Namespace, message: Message, max_turns: int) -> RunResult:
+    async def _run_locked(
+        self, namespace: Namespace, message: Message, max_turns: int
+    ) -> RunResult:
         session = await self.store.load(namespace) or Session(namespace.key)
         session.push(message)
         await self.store.save(session)

@@ -146,7 +146,7 @@ class Database:
             self._conn = None
 
 
-class transaction:  # noqa: N801 - used like a function: ``with transaction(conn):``
+class transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:

@@ -174,9 +174,13 @@ class FakeLLM:
             record.rejected = problem
             return json_response(401, self.error_body(self.error_type(401), problem))
         if self.validate:
-            problem = self.check_body(record.body)
             if req.header("content-type") != "application/json":
                 problem = "content-type must be application/json"
+            else:
+                try:
+                    problem = self.check_body(record.body)
+                except (AttributeError, TypeError, KeyError) as exc:  # a shape we did not expect
+                    problem = f"malformed request body: {exc!r}"
             if problem:
                 record.rejected = problem
                 return json_response(400, self.error_body(self.error_type(400), problem))

@@ -105,6 +105,15 @@ async def test_no_authorization_header_without_key(
     assert "authorization" not in fake.requests[0].headers
 
 
+async def test_fake_as_context_manager_answers_ok_by_default(
+    client: httpx.AsyncClient,
+) -> None:
+    async with FakeOpenAI() as fake:
+        response = await provider(fake, client, key="").complete(HELLO)
+    assert response.message.content == "ok"
+    assert fake.requests[0].body["model"] == "gpt-test"
+
+
 async def test_tool_call_round_trip(
     fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock
 ) -> None:
@@ -146,8 +155,8 @@ async def test_fake_rejects_orphan_tool_result(
 
 
 async def test_invalid_tool_arguments_become_empty(
-    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock, caplog:
-    pytest.LogCaptureFixture
+    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.reply_tool_calls([("call_1", "weather", '{"city": '), ("call_2", "x", "[1, 2]")],
                           finish_reason="stop")
@@ -163,8 +172,8 @@ async def test_invalid_tool_arguments_become_empty(
     [("stop", "stop"), ("length", "max_tokens"), ("content_filter", "other"), (None, "stop")],
 )
 async def test_finish_reason_mapping(
-    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock, finish: str | None,
-    expected: str
+    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock,
+    finish: str | None, expected: str,
 ) -> None:
     fake.reply_text("x", finish_reason=finish)
     assert (await provider(fake, client).complete(HELLO)).finish_reason == expected
@@ -188,8 +197,8 @@ async def test_tolerant_parsing(
 
 
 async def test_429_honours_retry_after(
-    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock, caplog:
-    pytest.LogCaptureFixture
+    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake.rate_limit(retry_after="2")
     fake.reply_text("finally")
@@ -249,6 +258,18 @@ async def test_huge_retry_after_gives_up_at_once(
     assert info.value.retry_after_s == 3600
     assert len(fake.requests) == 1
     assert trio.current_time() - start < 1
+
+
+async def test_cancelling_during_backoff_stops_at_the_deadline(
+    fake: FakeOpenAI, client: httpx.AsyncClient, autojump_clock: MockClock
+) -> None:
+    fake.fail(503, "busy", headers=[("retry-after", "30")])
+    start = trio.current_time()
+    with trio.move_on_after(5) as scope:
+        await provider(fake, client).complete(HELLO)
+    assert scope.cancelled_caught
+    assert trio.current_time() - start == pytest.approx(5)
+    assert len(fake.requests) == 1
 
 
 async def test_401_is_not_retried_and_hides_key(

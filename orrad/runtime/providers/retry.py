@@ -13,7 +13,7 @@ the transient ones (CONTRACT §8). Error tree as seen from here::
 Backoff is full jitter (``wait_random_exponential``) but never shorter than the server's
 ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date). A ``retry-after`` longer than
 :attr:`RetryPolicy.max_retry_after_s` is not slept through: the error is raised at once.
-Only ``ProviderError``\\ s marked ``retryable`` are retried, so ``trio.Cancelled`` never is.
+Only errors marked ``retryable`` are retried, so ``trio.Cancelled`` never is.
 """
 
 from __future__ import annotations
