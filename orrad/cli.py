@@ -186,7 +186,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def _client_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from orrad import client
+        import orrad.client as client
 
         config = _load_config(args)
         handler: Callable[[argparse.Namespace, DaemonConfig], int] = getattr(client, f"cmd_{name}")

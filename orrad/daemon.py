@@ -1,9 +1,12 @@
-"""The composition root: one nursery holding the store, router, channels and signal handling.
+"""The composition root: one nursery holding the store, router, channels, API and signals.
 
-:meth:`Daemon.run` opens the state store, builds the agents, starts the router and the
-channel manager, loads ``channels_dir`` and then waits for a signal: SIGHUP reloads,
-SIGTERM/SIGINT stop (intake first, then in-flight replies within the grace period). It also
-stops by itself when its only channels are stdin channels that reached end of input.
+:meth:`Daemon.run` opens the state store, builds the agents, starts the router, the channel
+manager and the daemon API, loads ``channels_dir`` and then waits for a signal: SIGHUP
+reloads, SIGTERM/SIGINT stop (intake first, then in-flight replies within the grace
+period). It also stops by itself when its only channels are stdin channels that reached end
+of input. systemd is told ``READY=1`` once the store is open, listeners are bound and every
+channel has finished its first start attempt (at most 10 s), and is pinged while the
+supervisor loop is alive.
 """
 
 from __future__ import annotations
@@ -11,25 +14,36 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
+from typing import Any
 
+import httpx
+import msgspec
 import trio
 
 from orrad import __version__
 from orrad.agents import build_agents
+from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
-from orrad.config import ChannelConfig, DaemonConfig, load_channels
+from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon_config
+from orrad.errors import ConfigErrors
+from orrad.http import HTTPServer
 from orrad.router import Router
 from orrad.runtime.providers.http import make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
 from orrad.state import Database, SqliteSessionStore
-from orrad.supervisor import ChannelManager, FileResult
+from orrad.supervisor import ChannelManager, ChannelState, ChannelStatus, FileResult
+from orrad.systemd import Notifier
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
+READY_WAIT_S = 10.0
+# Keys of the daemon file that only a restart applies (CONTRACT §2.1).
+RESTART_KEYS = ("instance", "state_dir", "api", "routing", "federation")
 
 
 class Daemon:
@@ -43,23 +57,71 @@ class Daemon:
         tools: ToolRegistry | None = None,
         handle_signals: bool = True,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.registry = registry or default_registry()
         self.tools = tools or default_tool_registry()
         self.handle_signals = handle_signals
         self.shutdown_grace_s = shutdown_grace_s
+        self.notifier = notifier or Notifier()
         self.started_at = time.time()
         self.db = Database.in_state_dir(config.state_dir)
         self.store = SqliteSessionStore(self.db)
         self.router: Router | None = None
         self.manager: ChannelManager | None = None
+        self.api_address: tuple[str, int] | None = None
         self.ready = trio.Event()
         self._stop = trio.Event()
+        self._client: httpx.AsyncClient | None = None
+        self._reload_lock = trio.Lock()
 
-    @property
-    def version(self) -> str:
-        return __version__
+    # -- views used by the API -----------------------------------------------------------
+
+    def require_router(self) -> Router:
+        assert self.router is not None, "daemon is not running"
+        return self.router
+
+    def channel_statuses(self) -> list[ChannelStatus]:
+        return self.manager.statuses() if self.manager else []
+
+    def status_json(self) -> dict[str, Any]:
+        agents = []
+        for name, agent in self.config.agents.items():
+            provider = self.config.providers.get(agent.provider)
+            agents.append({
+                "name": name,
+                "provider": agent.provider,
+                "model": agent.model or (provider.model if provider else None),
+            })
+        return {
+            "instance": self.config.instance,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "channels": [s.to_json() for s in self.channel_statuses()],
+            "peers": [],
+            "agents": agents,
+        }
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=."""
+        states = Counter(str(s.state) for s in self.channel_statuses())
+        channels = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+        pending = self.router.pending if self.router else 0
+        return f"channels: {channels}; {pending} message(s) in flight"
+
+    def gauge_lines(self) -> list[str]:
+        lines = ["# HELP orrad_channel_up 1 when the channel is running",
+                 "# TYPE orrad_channel_up gauge"]
+        for s in self.channel_statuses():
+            up = 1 if s.state is ChannelState.RUNNING else 0
+            lines.append(f'orrad_channel_up{{channel="{s.name}",state="{s.state}"}} {up}')
+        lines += ["# HELP orrad_messages_in_flight Messages accepted and not yet answered",
+                  "# TYPE orrad_messages_in_flight gauge",
+                  f"orrad_messages_in_flight {self.router.pending if self.router else 0}"]
+        return lines
+
+    # -- lifecycle -----------------------------------------------------------------------
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -69,44 +131,81 @@ class Daemon:
         return ChannelContext(config.name, self.config, self.db, self.config.instance)
 
     async def reload(self) -> list[FileResult]:
-        """Re-read ``channels_dir`` and apply it file by file."""
+        """Re-read the daemon file (agents, providers, policies) and ``channels_dir``."""
         assert self.manager is not None
-        channel_set = load_channels(self.config, self.registry.config_types())
-        results = await self.manager.apply(channel_set.ok, channel_set.errors)
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                self._reload_daemon_file()
+                channel_set = load_channels(self.config, self.registry.config_types())
+                results = await self.manager.apply(channel_set.ok, channel_set.errors)
+            finally:
+                self.notifier.ready(self.summary())
         for result in results:
             if result.result != "unchanged":
                 log.info("reload: %s %s", result.file, result.result)
         return results
 
+    def _reload_daemon_file(self) -> None:
+        if self.config.path is None or self._client is None or self.router is None:
+            return
+        try:
+            fresh = load_daemon_config(self.config.path, known_tools=self.tools.names())
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                log.error("%s (daemon file not reloaded)", error)
+            return
+        for key in RESTART_KEYS:
+            if getattr(fresh, key) != getattr(self.config, key):
+                log.warning("daemon file: %s changed; it takes effect after a restart", key)
+        live = {k: getattr(self.config, k) for k in RESTART_KEYS}
+        fresh = msgspec.structs.replace(fresh, **live)
+        self.router.agents = build_agents(fresh, store=self.store, tools=self.tools,
+                                          client=self._client)
+        self.config = fresh
+
     async def run(self) -> None:
         await self.db.open()
         try:
             async with make_http_client(self.config.routing.max_concurrency) as client:
-                agents = build_agents(self.config, store=self.store, tools=self.tools,
-                                      client=client)
-                self.router = Router(agents, max_concurrency=self.config.routing.max_concurrency)
-                self.manager = ChannelManager(self.router, self.registry.create,
-                                              self._make_context)
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(self.router.serve)
-                    await nursery.start(self.manager.serve)
-                    if self.handle_signals:
-                        await nursery.start(self._handle_signals)
-                    await self.reload()
-                    nursery.start_soon(self._stop_when_input_ends)
-                    with trio.move_on_after(10):
-                        await self.manager.wait_first_attempts()
-                    self.ready.set()
-                    log.info("orrad %s ready (instance %s)", __version__, self.config.instance)
-                    await self._stop.wait()
-                    await self._shutdown()
-                    nursery.cancel_scope.cancel()
+                self._client = client
+                await self._run_with(client)
         finally:
             with trio.CancelScope(shield=True):
                 await self.db.close()
+            self.notifier.close()
         log.info("orrad stopped")
 
-    async def _shutdown(self) -> None:
+    async def _run_with(self, client: httpx.AsyncClient) -> None:
+        agents = build_agents(self.config, store=self.store, tools=self.tools, client=client)
+        self.router = Router(agents, max_concurrency=self.config.routing.max_concurrency)
+        self.manager = ChannelManager(self.router, self.registry.create, self._make_context)
+        api_server: HTTPServer | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.router.serve)
+            await nursery.start(self.manager.serve)
+            if self.handle_signals:
+                await nursery.start(self._handle_signals)
+            if self.config.api.listen:
+                api_server = HTTPServer(build_api_router(self), name="api")
+                self.api_address = await nursery.start(api_server.serve, self.config.api.listen)
+                log.info("daemon API listening on %s:%d", *self.api_address)
+            await self.reload()
+            nursery.start_soon(self._stop_when_input_ends)
+            with trio.move_on_after(READY_WAIT_S):
+                await self.manager.wait_first_attempts()
+            self.ready.set()
+            self.notifier.ready(self.summary())
+            if self.notifier.watchdog_s:
+                nursery.start_soon(self._watchdog, self.notifier.watchdog_s)
+            nursery.start_soon(self._report_status)
+            log.info("orrad %s ready (instance %s)", __version__, self.config.instance)
+            await self._stop.wait()
+            self.notifier.stopping()
+            await self._shutdown(api_server)
+            nursery.cancel_scope.cancel()
+
+    async def _shutdown(self, api_server: HTTPServer | None) -> None:
         """Stop intake, then give in-flight messages the grace period to be answered."""
         assert self.manager is not None and self.router is not None
         log.info("stopping: %d message(s) in flight", self.router.pending)
@@ -116,6 +215,27 @@ class Daemon:
         if scope.cancelled_caught:
             log.warning("%d message(s) still running after %gs; stopping anyway",
                         self.router.pending, self.shutdown_grace_s)
+        if api_server is not None:
+            with trio.move_on_after(2):
+                await api_server.stop()
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping systemd while the supervisor loop is alive; a blocked loop stops the pings."""
+        assert self.manager is not None
+        while True:
+            if self.manager.alive:
+                self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def _report_status(self) -> None:
+        assert self.manager is not None
+        last = ""
+        while True:
+            await self.manager.changed.wait()
+            summary = self.summary()
+            if summary != last:
+                self.notifier.status(summary)
+                last = summary
 
     async def _stop_when_input_ends(self) -> None:
         assert self.manager is not None

@@ -26,6 +26,7 @@ from orrad.errors import (
     StoreError,
     UnknownAgent,
 )
+from orrad.metrics import METRICS
 from orrad.model import InboundMessage, OutboundError, OutboundMessage
 from orrad.runtime.loop import Runtime
 
@@ -205,10 +206,13 @@ class Router:
         inbound = job.inbound
         reply: Reply
         async with job.target.start_typing(inbound.metadata):
+            started = trio.current_time()
             try:
                 runtime = self.agents.resolve(job.agent)
                 result = await runtime.run(inbound.namespace, inbound.message)
+                METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
             except Exception as exc:
+                METRICS.run_errors.inc(error_code(exc))
                 if isinstance(exc, OrradError):
                     log.warning("run in %s failed: %s", inbound.namespace, exc)
                 else:

@@ -14,7 +14,7 @@ import enum
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ import trio
 from orrad.channels.base import Channel, ChannelContext
 from orrad.config import ChannelConfig
 from orrad.errors import ConfigErrors, FatalChannelError
+from orrad.metrics import METRICS
 from orrad.model import OutboundError, OutboundMessage
 from orrad.router import Router
 
@@ -101,8 +102,9 @@ def full_jitter(attempt: int, initial: float, cap: float, rng: random.Random) ->
 class _TrackedTarget:
     """Counts a channel's messages that still await their reply, so completion can wait."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, name: str) -> None:
         self.channel = channel
+        self.name = name
         self.in_flight = 0
         self._changed = trio.Event()
 
@@ -119,14 +121,19 @@ class _TrackedTarget:
             await self._changed.wait()
 
     async def send(self, response: OutboundMessage) -> None:
-        try:
-            await self.channel.send(response)
-        finally:
-            self._end()
+        await self._count(self.channel.send(response), "ok")
 
     async def send_error(self, error: OutboundError) -> None:
+        await self._count(self.channel.send_error(error), "error")
+
+    async def _count(self, delivery: Awaitable[None], outcome: str) -> None:
         try:
-            await self.channel.send_error(error)
+            await delivery
+        except Exception:
+            METRICS.delivery_failures.inc(self.name)
+            raise
+        else:
+            METRICS.messages_out.inc(self.name, outcome)
         finally:
             self._end()
 
@@ -225,6 +232,7 @@ class ChannelRunner:
                     self._set_state(ChannelState.BACKOFF, reason, delay)
                     await trio.sleep(delay)
                     self.status.restarts += 1
+                    METRICS.channel_restarts.inc(self.name)
             # Cancelled by stop(): the scope swallowed the cancellation.
             if self.status.state not in FINAL_STATES:
                 self._set_state(ChannelState.STOPPED, "stopped")
@@ -239,7 +247,7 @@ class ChannelRunner:
         started_at = trio.current_time()
         try:
             channel = self.factory(self.config, self.context)
-            target = _TrackedTarget(channel)
+            target = _TrackedTarget(channel, self.name)
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.serve)
                 self._set_state(ChannelState.RUNNING, "connected")
@@ -256,6 +264,7 @@ class ChannelRunner:
 
     async def _pump(self, channel: Channel, target: _TrackedTarget) -> None:
         while (inbound := await channel.receive()) is not None:
+            METRICS.messages_in.inc(self.name)
             target.begin()
             try:
                 await self.router.submit(inbound, target, channel_agent=self.config.agent)
@@ -299,7 +308,15 @@ class ChannelManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the supervision nursery is open."""
+        return self._nursery is not None
 
     def _notify(self) -> None:
         self.changed.set()

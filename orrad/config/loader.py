@@ -25,7 +25,7 @@ import types
 import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -126,9 +126,13 @@ def _parse_error(text: str) -> tuple[str, Path]:
 
 
 def _friendly(message: str, tp: Any) -> str:
+    """msgspec's message in YAML words; enum errors list the choices, not the value."""
     if message.startswith("Invalid enum value"):
-        choices = typing.get_args(_optional_of(tp) or tp)
-        return "expected one of " + ", ".join(map(str, choices))
+        base = _optional_of(tp) or tp
+        if typing.get_origin(base) is Literal:
+            return "expected one of " + ", ".join(map(str, typing.get_args(base)))
+        return "not one of the allowed values"
+
     def words(m: re.Match[str]) -> str:
         return re.sub(r"\w+", lambda w: _TYPE_WORDS.get(w[0], w[0]), m[1])
 
@@ -175,8 +179,11 @@ class _Converter:
         self.doc = doc
         self.errors: list[ConfigError] = []
 
-    def fail(self, path: Path, message: str, *, key: bool = False) -> _Failed:
+    def note(self, path: Path, message: str, *, key: bool = False) -> None:
         self.errors.append(self.doc.error(path, message, key=key))
+
+    def fail(self, path: Path, message: str) -> _Failed:
+        self.note(path, message)
         return _Failed()
 
     def struct(self, cls: type[S], data: Any, path: Path) -> S:
@@ -189,12 +196,14 @@ class _Converter:
         failed = False
         for key in data:
             if key not in fields:
-                failed = bool(self.fail((*path, key), _unknown_key(key, fields), key=True))
+                self.note((*path, key), _unknown_key(key, fields), key=True)
+                failed = True
         kwargs: dict[str, Any] = {}
         for key, info in fields.items():
             if key not in data:
                 if info.required:
-                    failed = bool(self.fail(path, f"missing required key {key!r}"))
+                    self.note(path, f"missing required key {key!r}")
+                    failed = True
                 continue
             if data[key] is None and not info.required and _container_default(info.type):
                 continue

@@ -481,7 +481,7 @@ class WebhookChannelConfig(ChannelConfig, frozen=True, kw_only=True):
         out = super().problems(daemon) + _listen_problem(("listen",), self.listen)
         if not self.path.startswith("/"):
             out.append(Problem(("path",), "path must start with '/'"))
-        if self.namespace_prefix is not None:
+        if self.namespace_prefix not in (None, f"webhook:{self.name}"):  # else: name's check
             out += _namespace_problem(("namespace_prefix",), self.namespace_prefix)
         if self.auth is not None:
             out += [Problem(("auth", *p.path), p.message) for p in self.auth.problems()]

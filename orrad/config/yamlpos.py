@@ -13,8 +13,8 @@ expanded text so a string-typed field can still take it (an all-digit token, or 
 which YAML would read as null). Quoted scalars and values that come out as strings are
 plain ``str``.
 
-Duplicate keys are errors; ``<<`` merge keys work as in PyYAML; keys are always the key's
-source text.
+Duplicate keys are errors; ``<<`` merge keys work as the YAML merge-key spec says (own
+keys first, then earlier sources); keys are always the key's source text.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ Path = tuple[str | int, ...]
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_NODES = 100_000
 
 
@@ -124,28 +125,43 @@ class _Builder:
         try:
             if isinstance(node, yaml.SequenceNode):
                 return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            assert isinstance(node, yaml.MappingNode)
             return self.mapping(node, path)
         finally:
             self.active.discard(id(node))
 
-    def mapping(self, node: yaml.Node, path: Path) -> dict[str, Any]:
-        assert isinstance(node, yaml.MappingNode)
-        own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
-        try:
-            self.constructor.flatten_mapping(node)
-        except yaml.MarkedYAMLError as e:
-            self.fail(node, f"invalid merge: {e.problem}")
-        merged = len(node.value) - own
-        out: dict[str, Any] = {}
-        own_keys: set[str] = set()
-        for index, (key_node, value_node) in enumerate(node.value):
+    def pairs(self, node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """Key text -> (key node, value node), with ``<<`` merges applied.
+
+        Own keys win over merged ones, and an earlier merge source over a later one; an
+        own key given twice is an error.
+        """
+        merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [
+                    value_node]
+                for source in reversed(sources):
+                    if not isinstance(source, yaml.MappingNode):
+                        self.fail(source, "a merge (<<) takes a mapping or a list of mappings")
+                    if id(source) in self.active:
+                        self.fail(source, "recursive alias")
+                    self.active.add(id(source))
+                    merged.update(self.pairs(source))
+                    self.active.discard(id(source))
+                continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self.fail(key_node, "mapping keys must be plain strings")
             key = str(key_node.value)
-            if index >= merged:  # merged-in keys may be overridden, own keys may not repeat
-                if key in own_keys:
-                    self.fail(key_node, f"duplicate key {key!r}")
-                own_keys.add(key)
+            if key in own:
+                self.fail(key_node, f"duplicate key {key!r}")
+            own[key] = (key_node, value_node)
+        return {**merged, **own}
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, (key_node, value_node) in self.pairs(node).items():
             self.doc.keys[(*path, key)] = _mark(key_node)
             out[key] = self.build(value_node, (*path, key))
         return out

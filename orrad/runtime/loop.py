@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
-from orrad.errors import ContextLengthExceeded, MaxTurnsExceeded, ToolError
+from orrad.errors import ContextLengthExceeded, MaxTurnsExceeded, ProviderError, ToolError
+from orrad.metrics import METRICS
 from orrad.model import Message, Namespace, ToolCall, ToolResult, Usage
 from orrad.runtime.context import ContextBudget, MessageCounter, fit_to_budget, truncate_tool_result
 from orrad.runtime.policy import PolicyRegistry
@@ -181,7 +182,7 @@ class Runtime:
             model=self.config.model,
         )
         try:
-            return await self.provider.complete(request)
+            return await self._call_provider(request)
         except ContextLengthExceeded:
             # Our count disagreed with the model's: compact once to half of what was sent
             # and retry once.
@@ -190,7 +191,21 @@ class Runtime:
             if len(smaller) >= len(messages):
                 raise
             log.warning("context too long for the model; retrying with %d messages", len(smaller))
-            return await self.provider.complete(msgspec.structs.replace(request, messages=smaller))
+            return await self._call_provider(msgspec.structs.replace(request, messages=smaller))
+
+    async def _call_provider(self, request: CompletionRequest) -> CompletionResponse:
+        name = self.provider.name
+        started = trio.current_time()
+        try:
+            response = await self.provider.complete(request)
+        except ProviderError:
+            METRICS.provider_errors.inc(name)
+            raise
+        finally:
+            METRICS.provider_latency.observe(trio.current_time() - started, name)
+        METRICS.provider_tokens.inc(name, "input", amount=response.usage.input_tokens)
+        METRICS.provider_tokens.inc(name, "output", amount=response.usage.output_tokens)
+        return response
 
     async def _execute_tools(
         self, namespace: Namespace, calls: list[ToolCall]

@@ -367,3 +367,9 @@ def test_configs_are_frozen(daemon: DaemonConfig) -> None:
     with pytest.raises(AttributeError):
         cfg.name = "other"  # type: ignore[misc]
     assert msgspec.structs.replace(cfg, name="other").name == "other"
+
+
+def test_invalid_webhook_name_is_one_problem(daemon: DaemonConfig) -> None:
+    assert errors(daemon, "kind: webhook\nname: 'a b'\n") == [
+        ":2:7: invalid channel name: invalid namespace segment 'a b': use 1-128 characters "
+        "of A-Z a-z 0-9 _ . @ + = -"]

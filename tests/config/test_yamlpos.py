@@ -100,6 +100,8 @@ def test_expansion_errors_are_collected_with_positions() -> None:
         ("a: &x [*x]\n", "f.yaml:1:4:", "recursive alias"),
         ("a: 1\n---\nb: 2\n", "f.yaml:2:1:", "expected a single document"),
         ("{[1]: 2}\n", "f.yaml:1:2:", "mapping keys must be plain strings"),
+        ("a: {<<: 1}\n", "f.yaml:1:9:", "a merge (<<) takes a mapping"),
+        ("a: &a {b: {<<: *a}}\n", "f.yaml:1:4:", "recursive alias"),
         ("a:\tb\n\tc: 1\n", "f.yaml:1:3:", "found character '\\t'"),
     ],
 )
@@ -121,6 +123,21 @@ def test_merge_keys() -> None:
     assert doc.data["m"] == {"x": 1, "y": 3}
     assert doc.values[("m", "y")] == Mark(4, 6)
     assert doc.values[("m", "x")] == Mark(1, 14)  # merged values point at the anchor
+
+
+def test_merged_mapping_used_twice() -> None:
+    doc = load("""\
+        base: &b {x: 1, y: 2}
+        m: &m
+          <<: *b
+          x: 3
+        n: *m
+        o: {<<: *m, z: 0}
+        p: {<<: [*m, *b], y: 5}
+        """)
+    assert doc.data["n"] == doc.data["m"] == {"x": 3, "y": 2}
+    assert doc.data["o"] == {"x": 3, "y": 2, "z": 0}
+    assert doc.data["p"] == {"x": 3, "y": 5}  # earlier sources win, own keys win
 
 
 def test_empty_document() -> None:
