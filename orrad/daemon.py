@@ -132,18 +132,21 @@ class Daemon:
 
     async def reload(self) -> list[FileResult]:
         """Re-read the daemon file (agents, providers, policies) and ``channels_dir``."""
-        assert self.manager is not None
         async with self._reload_lock:
             self.notifier.reloading()
             try:
                 self._reload_daemon_file()
-                channel_set = load_channels(self.config, self.registry.config_types())
-                results = await self.manager.apply(channel_set.ok, channel_set.errors)
+                return await self._load_channels()
             finally:
                 self.notifier.ready(self.summary())
+
+    async def _load_channels(self) -> list[FileResult]:
+        assert self.manager is not None
+        channel_set = load_channels(self.config, self.registry.config_types())
+        results = await self.manager.apply(channel_set.ok, channel_set.errors)
         for result in results:
             if result.result != "unchanged":
-                log.info("reload: %s %s", result.file, result.result)
+                log.info("channel file %s: %s", result.file, result.result)
         return results
 
     def _reload_daemon_file(self) -> None:
@@ -190,7 +193,7 @@ class Daemon:
                 api_server = HTTPServer(build_api_router(self), name="api")
                 self.api_address = await nursery.start(api_server.serve, self.config.api.listen)
                 log.info("daemon API listening on %s:%d", *self.api_address)
-            await self.reload()
+            await self._load_channels()
             nursery.start_soon(self._stop_when_input_ends)
             with trio.move_on_after(READY_WAIT_S):
                 await self.manager.wait_first_attempts()

@@ -141,6 +141,21 @@ class _TrackedTarget:
         return self.channel.start_typing(metadata)
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def root_cause(exc: Exception) -> Exception:
+    """The channel's own error out of nursery exception groups; a fatal one wins."""
+    leaves = [e for e in _leaves(exc) if isinstance(e, Exception)]
+    for leaf in leaves:
+        if isinstance(leaf, FatalChannelError):
+            return leaf
+    return leaves[0] if leaves else exc
+
+
 ChannelFactory = Callable[[ChannelConfig, ChannelContext], Channel]
 
 
@@ -257,7 +272,7 @@ class ChannelRunner:
             await target.wait_idle()
             return None
         except Exception as exc:
-            return exc
+            return root_cause(exc)
         finally:
             if trio.current_time() - started_at >= STABLE_AFTER_S:
                 self._attempt = 0
