@@ -3,6 +3,7 @@ completion, reload diffs and shutdown."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
@@ -121,7 +122,7 @@ async def test_crashing_channel_restarts_with_full_jitter_while_sibling_serves(
         starts = FakeChannel.starts["a"]
         assert len(starts) >= 5
         # each gap = 1 s of running + a backoff within [0, min(8, 2**attempt)]
-        for attempt, (t0, t1) in enumerate(zip(starts, starts[1:], strict=False)):
+        for attempt, (t0, t1) in enumerate(itertools.pairwise(starts)):
             assert 1.0 <= t1 - t0 <= 1.0 + min(8.0, 2.0**attempt) + 1e-6
         assert FakeChannel.starts["b"] == [0.0]
         assert state(manager, "b.yaml") is ChannelState.RUNNING
