@@ -101,3 +101,19 @@ def test_version_and_usage() -> None:
     assert version.returncode == 0 and version.stdout.startswith("orrad ")
     assert orrad("frobnicate", cwd=REPO).returncode == 2
     assert orrad(cwd=REPO).returncode == 2
+
+
+def test_journald_priority_prefixes_when_stderr_is_the_journal(checkout: Path) -> None:
+    (checkout / "channels.d" / "bad.yaml").write_text("kind: stdin\nnope: 1\n")
+    log_path = checkout / "journal.log"
+    with open(log_path, "wb") as log_file:
+        st = os.fstat(log_file.fileno())
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ORRAD_")}
+        environ["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        subprocess.run([sys.executable, "-m", "orrad", "run"], cwd=checkout, input=b"hi\n",
+                       stdout=subprocess.DEVNULL, stderr=log_file, env=environ, timeout=30,
+                       check=True)
+    lines = log_path.read_text().splitlines()
+    assert lines and all(line[0] == "<" and line[2] == ">" for line in lines)
+    assert any(line.startswith("<3>") and "bad.yaml:2:1:" in line for line in lines)
+    assert any(line.startswith("<6>") for line in lines)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,3 +161,35 @@ async def test_sigterm_exits_zero_promptly_with_failing_channel(tmp_path: Path) 
     started = time.monotonic()
     assert await daemon.stop() == 0
     assert time.monotonic() - started < 5
+
+
+def run_cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orrad", *args, "-c", str(config)],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+async def test_status_reload_send_commands(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path)
+    daemon.write_channel("t.yaml", TICKER.format(label="a"))
+    await daemon.start()
+    try:
+        await daemon.wait_api()
+        await daemon.wait_for(lambda s: s.get("t", ("",))[0] == "running")
+        status = await trio.to_thread.run_sync(
+            lambda: run_cli("status", "--json", config=daemon.config_path))
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["channels"][0]["state"] == "running"
+        table = await trio.to_thread.run_sync(lambda: run_cli("status", config=daemon.config_path))
+        assert "ticker" in table.stdout and "running" in table.stdout
+        sent = await trio.to_thread.run_sync(
+            lambda: run_cli("send", "--namespace", "x:1", "ping", config=daemon.config_path))
+        assert (sent.returncode, sent.stdout) == (0, "echo: ping\n")
+        daemon.write_channel("bad.yaml", "kind: ticker\nlabel: [\n")
+        reload = await trio.to_thread.run_sync(lambda: run_cli("reload",
+                                                               config=daemon.config_path))
+        assert reload.returncode == 78
+        assert "rejected" in reload.stdout and "bad.yaml:" in reload.stdout
+    finally:
+        assert await daemon.stop() == 0
+    gone = await trio.to_thread.run_sync(lambda: run_cli("status", config=daemon.config_path))
+    assert gone.returncode == 1 and "cannot reach the daemon" in gone.stderr
