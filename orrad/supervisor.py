@@ -186,6 +186,8 @@ class ChannelRunner:
         assert config.name is not None
         self.status = ChannelStatus(config.name, config.kind, file, ChannelState.STARTING,
                                     generation=generation)
+        self.channel: Channel | None = None
+        context.connection_listener = self._connection_changed
         self.first_attempt_done = trio.Event()
         self.finished = trio.Event()
         self._cancel_scope = trio.CancelScope()
@@ -262,6 +264,7 @@ class ChannelRunner:
         started_at = trio.current_time()
         try:
             channel = self.factory(self.config, self.context)
+            self.channel = channel
             target = _TrackedTarget(channel, self.name)
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.serve)
@@ -287,9 +290,28 @@ class ChannelRunner:
                 target.in_flight -= 1
                 raise
 
-    def stop(self) -> None:
-        """Cancel the channel (it may run its bounded, shielded cleanup)."""
-        self._cancel_scope.cancel()
+    def _connection_changed(self, up: bool, reason: str | None) -> None:
+        if self.status.state not in (ChannelState.RUNNING, ChannelState.BACKOFF):
+            return
+        if up and self.status.state is ChannelState.BACKOFF:
+            self._set_state(ChannelState.RUNNING, reason or "reconnected")
+        elif not up and self.status.state is ChannelState.RUNNING:
+            self.status.last_error = reason
+            self._set_state(ChannelState.BACKOFF, f"connection down: {reason}")
+
+    async def stop(self, grace_s: float, *, removed: bool = False) -> None:
+        """Stop gracefully: the channel's ``aclose`` (if any) within ``grace_s``, then cancel.
+
+        Cancellation lets the channel run its bounded, shielded cleanup.
+        """
+        aclose = getattr(self.channel, "aclose", None)
+        try:
+            if aclose is not None and not self.finished.is_set():
+                # Most of the grace for the graceful part; the rest for cancelled cleanup.
+                with trio.move_on_after(grace_s * 0.8):
+                    await aclose(removed=removed)
+        finally:
+            self._cancel_scope.cancel()
 
 
 def _same_config(a: ChannelConfig, b: ChannelConfig) -> bool:
@@ -355,9 +377,9 @@ class ChannelManager:
         self._nursery.start_soon(supervise, name=f"channel:{runner.name}")
         return runner
 
-    async def _stop_runner(self, runner: ChannelRunner) -> None:
-        runner.stop()
+    async def _stop_runner(self, runner: ChannelRunner, *, removed: bool = False) -> None:
         with trio.move_on_after(self.stop_grace_s) as scope:
+            await runner.stop(self.stop_grace_s, removed=removed)
             await runner.finished.wait()
         if scope.cancelled_caught:
             log.error("channel %s did not stop in %gs; abandoning it", runner.name,
@@ -393,7 +415,7 @@ class ChannelManager:
             if runner is None:
                 return FileResult(file, "unchanged")
             del self.runners[file]
-            await self._stop_runner(runner)
+            await self._stop_runner(runner, removed=True)
             return FileResult(file, "stopped")
         if runner is None:
             self._start_runner(file, config)

@@ -9,7 +9,7 @@ supervisor restarts it. ``receive`` returns ``None`` once the channel is closed.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -58,7 +58,11 @@ class Channel(ReplyTarget, Protocol):
 
     ``send``/``send_error`` raise :class:`~orrad.errors.ChannelError` when delivery fails.
     ``start_typing`` returns an async context manager that shows a typing indicator while
-    the agent runs (a no-op by default).
+    the agent runs (a no-op by default). A channel may also define
+    ``async def aclose(self, *, removed: bool) -> None``: a graceful stop (refuse new input,
+    let in-flight work finish) that the supervisor awaits, within the grace period, before
+    cancelling ``serve``; ``removed`` is true when the channel's file was removed, false on
+    shutdown or restart.
     """
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -69,12 +73,22 @@ class Channel(ReplyTarget, Protocol):
 
 @dataclass
 class ChannelContext:
-    """What the daemon hands a channel it creates."""
+    """What the daemon hands a channel it creates.
+
+    A channel that keeps its own connection alive (reconnecting inside ``serve``) calls
+    :meth:`report_connection` so ``/v1/status`` tells the truth: a channel whose connection
+    is down is shown in ``backoff`` with the reason, not ``running``.
+    """
 
     name: str
     daemon: DaemonConfig
     db: Database | None = None
     instance: str = "orrad"
+    connection_listener: Callable[[bool, str | None], None] | None = None
+
+    def report_connection(self, up: bool, reason: str | None = None) -> None:
+        if self.connection_listener is not None:
+            self.connection_listener(up, reason)
 
 
 class BaseChannel:

@@ -49,6 +49,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (scope, key)
     ) WITHOUT ROWID;
     """,
+    """
+    CREATE TABLE inbox (
+        source TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        state TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reply BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (source, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbox_open ON inbox (source, state) WHERE state NOT IN ('delivered', 'failed');
+    CREATE INDEX inbox_age ON inbox (created_at);
+    """,
 ]
 
 
