@@ -58,8 +58,10 @@ class ChannelRegistry:
 
 def default_registry() -> ChannelRegistry:
     from orrad.channels.stdin import StdinChannel
+    from orrad.channels.webhook import WebhookChannel
 
     registry = ChannelRegistry()
     registry.register(StdinChannel)
+    registry.register(WebhookChannel)
     registry.load_plugins()
     return registry

@@ -1,0 +1,253 @@
+"""``webhook``: authenticated HTTP ingress with synchronous and asynchronous replies.
+
+``POST {path}`` takes ``{"message", "namespace"?, "agent"?, "metadata"?, "callback_url"?,
+"id"?}``. Checks run cheapest first and nothing is stored before all pass: body size (the
+server answers 413 before reading), content type, credentials over the raw body, JSON and
+fields, namespace. Then the request's id is claimed in the inbox (committed before any 2xx),
+so a repeated id never runs the agent twice, also across restarts: a synchronous repeat gets
+the stored reply (409 ``in_progress`` while the first still runs), an asynchronous repeat
+the same 202. Replies of asynchronous requests are POSTed to ``callback_url``, signed and
+retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, ClassVar
+
+import httpx
+import msgspec
+import trio
+
+from orrad.api import STATUS_FOR_CODE, reply_body
+from orrad.channels.base import BaseChannel, ChannelContext
+from orrad.channels.webhook.auth import WebhookAuth
+from orrad.channels.webhook.callbacks import CallbackSender
+from orrad.config import ChannelConfig, WebhookChannelConfig
+from orrad.errors import InvalidNamespace, StoreError
+from orrad.http import HTTPError, HTTPServer, Request, Response, Router, json_response
+from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
+from orrad.state import Database, Inbox
+from orrad.state.inbox import InboxState
+
+__all__ = ["WebhookChannel"]
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 256
+ID_METADATA_KEY = "webhook_id"
+
+
+class WebhookRequest(msgspec.Struct):
+    message: str
+    namespace: str | None = None
+    agent: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    callback_url: str | None = None
+    id: str | None = None
+
+
+class _Pending:
+    """A synchronous request waiting for its reply."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.status = 0
+        self.body: dict[str, Any] = {}
+
+
+# Ids whose run is in progress in this process, per inbox source. Shared across channel
+# generations: after a crash-restart the new generation must not re-run a message the
+# router is still working on for the old one.
+_RUNNING: dict[str, set[str]] = {}
+
+
+def _error_body(request_id: str, code: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "error": {"code": code, "message": message}}
+
+
+class WebhookChannel(BaseChannel):
+    kind: ClassVar[str] = "webhook"
+    config_type: ClassVar[type[ChannelConfig]] = WebhookChannelConfig
+
+    def __init__(self, config: ChannelConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
+        assert isinstance(config, WebhookChannelConfig)
+        self.cfg = config
+        self.prefix = Namespace.parse(config.namespace_prefix or f"webhook:{self.name}")
+        self.auth = WebhookAuth(config.auth)
+        if context.db is None:
+            raise StoreError("the webhook channel needs the state database")
+        self.db: Database = context.db
+        self.inbox = Inbox(context.db)
+        self.source = f"webhook:{self.name}"
+        self._running = _RUNNING.setdefault(self.source, set())
+        self._pending: dict[str, _Pending] = {}
+        self._callbacks: CallbackSender | None = None
+        self._server: HTTPServer | None = None
+        self.address: tuple[str, int] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        router = Router()
+        router.add("POST", self.cfg.path, self._handle, max_body_bytes=self.cfg.max_body_bytes)
+        self._server = HTTPServer(router, name=f"webhook:{self.name}")
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
+                trio.open_nursery() as nursery:
+            self._callbacks = CallbackSender(client, self.auth, self.inbox, self.source,
+                                             self.name)
+            await nursery.start(self._callbacks.serve)
+            self.address = await nursery.start(self._server.serve, self.cfg.listen)
+            log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
+                     self.cfg.path)
+            await self._recover()
+            task_status.started()
+
+    async def aclose(self, *, removed: bool = False) -> None:
+        """Refuse new requests and let in-flight ones get their replies (server drain)."""
+        if self._server is not None:
+            await self._server.stop()
+
+    async def _recover(self) -> None:
+        """Finish what a previous process accepted: rerun unanswered messages (or answer
+        them with an error, per ``routing.rerun_interrupted``) and redeliver callbacks."""
+        rerun = self.context.daemon.routing.rerun_interrupted
+        for entry in await self.inbox.open_entries(self.source):
+            if entry.delivery_id in self._running:
+                continue
+            callback = entry.payload.get("callback_url")
+            if entry.state == "answered":
+                if callback and self._callbacks is not None and entry.reply is not None:
+                    await self._callbacks.enqueue(entry.delivery_id, callback,
+                                                  entry.reply["body"])
+                continue
+            if rerun:
+                log.info("webhook %s: re-running interrupted request %s", self.name,
+                         entry.delivery_id)
+                await self._submit(entry.delivery_id, Namespace.parse(entry.namespace),
+                                   entry.payload)
+            else:
+                await self._store_reply(entry.delivery_id, callback, 503, _error_body(
+                    entry.delivery_id, "interrupted", "the daemon restarted before answering"))
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    async def _handle(self, request: Request) -> Response:
+        encoding = (request.header("content-encoding") or "identity").lower()
+        if encoding != "identity":
+            raise HTTPError(415, "unsupported_media_type",
+                            f"content-encoding {encoding} is not accepted")
+        content_type = (request.header("content-type") or "application/json").lower()
+        if content_type.split(";")[0].strip() != "application/json":
+            raise HTTPError(415, "unsupported_media_type", "send application/json")
+        self.auth.check(request)
+        body = self._parse(request)
+        request_id = (request.header("webhook-id") or request.header("idempotency-key")
+                      or body.id or str(uuid.uuid4()))
+        if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():
+            raise HTTPError(400, "bad_request", "invalid request id")
+        namespace = self._namespace(body.namespace)
+        payload = {
+            "message": body.message,
+            "agent": body.agent,
+            "metadata": body.metadata,
+            "callback_url": body.callback_url,
+        }
+        try:
+            new, entry = await self.inbox.claim(self.source, request_id, namespace.key, payload)
+        except StoreError as exc:
+            log.error("webhook %s cannot store request %s: %s", self.name, request_id, exc)
+            raise HTTPError(503, "unavailable", "the state store is unavailable") from None
+        if not new:
+            return self._repeat(request_id, entry.payload, entry.reply)
+        if body.callback_url:
+            await self._submit(request_id, namespace, payload)
+            return json_response(202, {"id": request_id, "status": "accepted"})
+        pending = self._pending[request_id] = _Pending()
+        try:
+            await self._submit(request_id, namespace, payload)
+            with trio.move_on_after(self.cfg.reply_timeout_s):
+                await pending.done.wait()
+                return json_response(pending.status, pending.body)
+        finally:
+            self._pending.pop(request_id, None)
+        raise HTTPError(504, "timeout",
+                        f"no reply within {self.cfg.reply_timeout_s:g}s; retry with the same "
+                        "id to get it later")
+
+    def _parse(self, request: Request) -> WebhookRequest:
+        try:
+            body = msgspec.json.decode(request.body, type=WebhookRequest)
+        except msgspec.ValidationError as exc:
+            raise HTTPError(400, "bad_request", f"invalid field: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise HTTPError(400, "bad_request", f"invalid JSON: {exc}") from None
+        if not body.message.strip():
+            raise HTTPError(400, "bad_request", "message must not be empty")
+        if body.callback_url is not None:
+            url = httpx.URL(body.callback_url) if body.callback_url else None
+            if url is None or url.scheme not in ("http", "https") or not url.host:
+                raise HTTPError(400, "bad_request", "callback_url must be an http(s) URL")
+        return body
+
+    def _namespace(self, requested: str | None) -> Namespace:
+        """Always under the channel's prefix: the request names only the part below it."""
+        if requested is None:
+            return self.prefix.child(str(uuid.uuid4()))
+        try:
+            return self.prefix.join(requested)
+        except InvalidNamespace as exc:
+            raise HTTPError(400, "bad_request", f"invalid namespace: {exc}") from None
+
+    def _repeat(self, request_id: str, payload: dict[str, Any],
+                reply: dict[str, Any] | None) -> Response:
+        if payload.get("callback_url"):
+            return json_response(202, {"id": request_id, "status": "accepted"})
+        if reply is not None:
+            return json_response(int(reply["status"]), reply["body"])
+        raise HTTPError(409, "in_progress", f"request {request_id} is still running")
+
+    async def _submit(self, request_id: str, namespace: Namespace,
+                      payload: dict[str, Any]) -> None:
+        metadata = dict(payload.get("metadata") or {})
+        if payload.get("agent"):
+            metadata["agent"] = payload["agent"]
+        metadata[ID_METADATA_KEY] = request_id
+        self._running.add(request_id)
+        await self.deliver(InboundMessage(namespace, Message.user(payload["message"]), metadata))
+
+    # -- replies -------------------------------------------------------------------------
+
+    async def send(self, response: OutboundMessage) -> None:
+        request_id = str(response.metadata[ID_METADATA_KEY])
+        body = reply_body(response, request_id, self.context.instance)
+        await self._finish(request_id, 200, body)
+
+    async def send_error(self, error: OutboundError) -> None:
+        request_id = str(error.metadata[ID_METADATA_KEY])
+        status = STATUS_FOR_CODE.get(error.code, 502)
+        await self._finish(request_id, status, _error_body(request_id, error.code, error.error))
+
+    async def _finish(self, request_id: str, status: int, body: dict[str, Any]) -> None:
+        entry = await self.inbox.get(self.source, request_id)
+        callback = entry.payload.get("callback_url") if entry else None
+        try:
+            await self._store_reply(request_id, callback, status, body)
+        finally:
+            self._running.discard(request_id)
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            pending.status, pending.body = status, body
+            pending.done.set()
+
+    async def _store_reply(self, request_id: str, callback: str | None, status: int,
+                           body: dict[str, Any]) -> None:
+        reply = {"status": status, "body": body}
+        # Sync replies count as delivered once stored: a client that missed the response
+        # gets it on retry. Async ones are delivered when the callback succeeds.
+        state: InboxState = "answered" if callback else "delivered"
+        await self.inbox.record(self.source, request_id, state, reply)
+        if callback and self._callbacks is not None:
+            await self._callbacks.enqueue(request_id, callback, body)
