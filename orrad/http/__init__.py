@@ -5,6 +5,7 @@ limits in ``ServerLimits``; handlers return ``Response`` (usually via ``json_res
 raise ``HTTPError``.
 """
 
+from orrad.http.limits import ServerLimits, parse_listen
 from orrad.http.messages import (
     Handler,
     HTTPError,
@@ -14,7 +15,7 @@ from orrad.http.messages import (
     json_response,
 )
 from orrad.http.routing import Router
-from orrad.http.server import HTTPServer, ServerLimits, parse_listen
+from orrad.http.server import HTTPServer
 
 __all__ = [
     "HTTPError",

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 MAX_CONCURRENT = 16
+BACKOFF_MULTIPLIER_S = 1.0  # full jitter: uniform(0, min(MAX_WAIT_S, 1 s * 2**n))
+MAX_WAIT_S = 60.0
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -51,15 +53,14 @@ class CallbackSender:
     """Runs callback deliveries in its own nursery (start with ``nursery.start(serve)``)."""
 
     def __init__(self, client: httpx.AsyncClient, auth: WebhookAuth, inbox: Inbox, source: str,
-                 channel: str, *, max_wait_s: float = 60.0) -> None:
+                 channel: str) -> None:
         self.client = client
         self.auth = auth
         self.inbox = inbox
         self.source = source
         self.channel = channel
-        self.max_wait_s = max_wait_s
         self._send, self._recv = trio.open_memory_channel[_Job](1000)
-        self._limit = trio.CapacityLimiter(MAX_CONCURRENT)
+        self._limit = trio.Semaphore(MAX_CONCURRENT)
 
     async def enqueue(self, request_id: str, url: str, body: dict[str, Any]) -> None:
         await self._send.send(_Job(request_id, url, body))
@@ -68,21 +69,21 @@ class CallbackSender:
         async with trio.open_nursery() as nursery:
             task_status.started()
             async for job in self._recv:
-                await self._limit.acquire_on_behalf_of(job)
+                await self._limit.acquire()
                 nursery.start_soon(self._deliver_and_release, job)
 
     async def _deliver_and_release(self, job: _Job) -> None:
         try:
             await self.deliver(job)
         finally:
-            self._limit.release_on_behalf_of(job)
+            self._limit.release()
 
     async def deliver(self, job: _Job) -> None:
         payload = msgspec.json.encode(job.body)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(MAX_ATTEMPTS),
-                wait=wait_random_exponential(multiplier=1, max=self.max_wait_s),
+                wait=wait_random_exponential(multiplier=BACKOFF_MULTIPLIER_S, max=MAX_WAIT_S),
                 retry=retry_if_exception_type(_Retryable),
                 sleep=trio.sleep,
                 reraise=True,

@@ -26,7 +26,15 @@ from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.callbacks import CallbackSender
 from orrad.config import ChannelConfig, WebhookChannelConfig
 from orrad.errors import InvalidNamespace, StoreError
-from orrad.http import HTTPError, HTTPServer, Request, Response, Router, json_response
+from orrad.http import (
+    HTTPError,
+    HTTPServer,
+    Request,
+    Response,
+    Router,
+    ServerLimits,
+    json_response,
+)
 from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
 from orrad.state import Database, Inbox
 from orrad.state.inbox import InboxState
@@ -36,6 +44,10 @@ __all__ = ["WebhookChannel"]
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 256
+# The whole body must arrive within this (slow senders cannot hold the listener); idle
+# keep-alive connections are closed after KEEPALIVE_S.
+BODY_TIMEOUT_S = 10.0
+KEEPALIVE_S = 5.0
 ID_METADATA_KEY = "webhook_id"
 
 
@@ -93,7 +105,10 @@ class WebhookChannel(BaseChannel):
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         router = Router()
         router.add("POST", self.cfg.path, self._handle, max_body_bytes=self.cfg.max_body_bytes)
-        self._server = HTTPServer(router, name=f"webhook:{self.name}")
+        limits = ServerLimits(max_body_bytes=self.cfg.max_body_bytes,
+                              body_timeout_s=BODY_TIMEOUT_S, header_timeout_s=BODY_TIMEOUT_S,
+                              keepalive_timeout_s=KEEPALIVE_S)
+        self._server = HTTPServer(router, limits=limits, name=f"webhook:{self.name}")
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
                 trio.open_nursery() as nursery:
             self._callbacks = CallbackSender(client, self.auth, self.inbox, self.source,
