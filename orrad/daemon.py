@@ -27,7 +27,7 @@ from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon_config
-from orrad.errors import ConfigErrors
+from orrad.errors import ConfigErrors, DaemonError, OrradError
 from orrad.http import HTTPServer
 from orrad.router import Router
 from orrad.runtime.providers.http import make_http_client
@@ -191,7 +191,13 @@ class Daemon:
                 await nursery.start(self._handle_signals)
             if self.config.api.listen:
                 api_server = HTTPServer(build_api_router(self), name="api")
-                self.api_address = await nursery.start(api_server.serve, self.config.api.listen)
+                try:
+                    self.api_address = await nursery.start(api_server.serve,
+                                                           self.config.api.listen)
+                except OSError as exc:
+                    raise DaemonError(
+                        f"cannot listen on api.listen {self.config.api.listen}: {exc.strerror}"
+                    ) from None
                 log.info("daemon API listening on %s:%d", *self.api_address)
             await self._load_channels()
             nursery.start_soon(self._stop_when_input_ends)
@@ -264,6 +270,26 @@ class Daemon:
                     self.request_stop()
 
 
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def run_daemon(config: DaemonConfig) -> None:
-    """Run a daemon in a fresh trio loop (the CLI's entry)."""
-    trio.run(Daemon(config).run)
+    """Run a daemon in a fresh trio loop (the CLI's entry).
+
+    Start-up failures (a listener that cannot bind, an unusable state directory) surface as
+    :class:`~orrad.errors.DaemonError` with a one-line message, never as a traceback.
+    """
+    try:
+        trio.run(Daemon(config).run)
+    except BaseExceptionGroup as group:
+        leaf = _first_leaf(group)
+        if isinstance(leaf, OrradError):
+            raise leaf from None
+        if isinstance(leaf, OSError):
+            raise DaemonError(f"cannot start: {leaf}") from None
+        raise
+    except OSError as exc:
+        raise DaemonError(f"cannot start: {exc}") from None

@@ -185,6 +185,8 @@ class Session:
     seq: int = 0
     buffer: deque[dict[str, Any]] = field(default_factory=deque)
     """Replayable dispatches (``{"op","d","s","t"}``), oldest first, bounded."""
+    evicted_upto: int = 0
+    """Highest ``s`` pushed out of the bounded buffer (older resumes cannot be replayed)."""
     conn: LiveConnection | None = None
     """The connection events are delivered to right now (None while detached)."""
     invalidated: bool = False
@@ -210,7 +212,9 @@ class LiveConnection:
         self.index = record.index
         self.ws = ws
         self.stream = stream
-        self.compressor: Any = zlib.compressobj() if record.compress else None
+        self.compressor: Any = (
+            zlib.compressobj() if record.compress == "zlib-stream" else None
+        )
         self.send_lock = trio.Lock()
         self.authenticated = False
         self.session: Session | None = None

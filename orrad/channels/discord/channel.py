@@ -1,0 +1,397 @@
+"""``discord``: a Discord bot, reading the gateway and answering through REST.
+
+Exactly-once, end to end (CONTRACT §7): Discord delivers an event 0, 1 or N times, and a
+process can die at any point. So every ``MESSAGE_CREATE`` the bot should answer is first
+*claimed* in the durable inbox under its message id (a repeat is dropped), and only then is
+the gateway's resume point moved past it. An answer is stored in the inbox (state
+``answered``, with the number of chunks already posted) before it is posted, each chunk
+with a nonce derived from (message id, chunk index) so a retried post returns the
+original, and the entry becomes ``delivered`` after the last chunk. When the channel
+starts, it finishes what an earlier run left open: messages claimed but never answered go
+to the agent again, answers stored but not fully posted are posted (the rest of them).
+
+``serve`` calls ``task_status.started()`` when the first gateway session is ready, or when
+the first connection attempt fails for a reason worth retrying (the channel then reports
+itself down and keeps reconnecting, instead of staying "starting" while Discord is
+unreachable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import secrets
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import trio
+
+from orrad.channels.base import BaseChannel, ChannelContext, no_typing
+from orrad.channels.discord.gateway import (
+    GatewayClient,
+    GatewayOptions,
+    KVSessionPersistence,
+    MemorySessionPersistence,
+    SessionPersistence,
+)
+from orrad.channels.discord.inbound import InboundRules, intents_for, parse_message_create
+from orrad.channels.discord.rest import RestClient, RestError, RestOptions
+from orrad.channels.discord.split import split_message
+from orrad.config import ChannelConfig, DiscordChannelConfig
+from orrad.errors import ChannelSendError, FatalChannelError, InvalidNamespace
+from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
+from orrad.state.db import Database
+from orrad.state.inbox import Inbox, InboxEntry
+from orrad.state.kv import KeyValueStore
+
+__all__ = ["DiscordChannel", "DiscordOptions", "reply_nonce"]
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNKS = 10
+EMPTY_ANSWER = "(the agent returned an empty answer)"
+TRUNCATED = "… (answer truncated: too long for Discord)"
+MAX_ERROR_CHARS = 300
+_DEDUPE_MEMORY = 10_000  # message ids remembered when there is no database
+
+# Message ids handed to the router and not yet answered, per database and inbox source.
+# Process-wide because a restarted channel is a new object while the previous
+# generation's messages may still be running: its replay must not run them twice.
+_IN_FLIGHT: weakref.WeakKeyDictionary[Database, dict[str, set[str]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def reply_nonce(message_id: str, index: int) -> str:
+    """The nonce of chunk ``index`` of the answer to ``message_id`` (≤ 25 characters).
+
+    Deterministic, so a retry or a re-post after a restart repeats it and Discord
+    (``enforce_nonce``) returns the message it already created instead of a second one.
+    """
+    return hashlib.blake2b(f"{message_id}:{index}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class DiscordOptions:
+    """Knobs that are not configuration (tests shrink the times)."""
+
+    gateway: GatewayOptions | None = None
+    rest: RestOptions | None = None
+    typing_interval_s: float = 8.0  # Discord's indicator lasts ~10 s
+    rng: random.Random | None = None
+
+
+class DiscordChannel(BaseChannel):
+    """A Discord bot channel (``kind: discord``); see the module docstring."""
+
+    kind: ClassVar[str] = "discord"
+    config_type: ClassVar[type[ChannelConfig]] = DiscordChannelConfig
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        context: ChannelContext,
+        *,
+        options: DiscordOptions | None = None,
+    ) -> None:
+        super().__init__(config, context)
+        assert isinstance(config, DiscordChannelConfig)
+        self.discord_config = config
+        self.options = options or DiscordOptions()
+        self.rules = InboundRules.from_config(config)
+        self.source = f"discord:{self.name}"
+        where = f"the channel file of {self.name!r}"
+        self.rest = RestClient(config.token, config.api_base, where=where,
+                               options=self.options.rest, rng=self.options.rng)
+        db = context.db
+        self._inbox = Inbox(db) if db is not None else None
+        self._in_flight: set[str] = (
+            _IN_FLIGHT.setdefault(db, {}).setdefault(self.source, set()) if db is not None
+            else set())
+        persistence: SessionPersistence = (
+            KVSessionPersistence(KeyValueStore(db, self.source)) if db is not None
+            else MemorySessionPersistence())
+        self.gateway = GatewayClient(
+            config.token, intents_for(config.filter), self.rest,
+            persistence=persistence, on_dispatch=self._on_dispatch, on_ready=self._on_ready,
+            on_down=self._on_down, options=self.options.gateway, rng=self.options.rng,
+            where=where,
+        )
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._task_status: trio.TaskStatus[None] | None = None
+        self._started = False
+        self._nursery: trio.Nursery | None = None
+        self._serving = False
+        self._sends = 0
+        self._fatal: FatalChannelError | None = None
+        self._fatal_event = trio.Event()
+        self._replayed = trio.Event()
+        self._backlog: list[InboxEntry] = []
+        self._typing: dict[str, tuple[int, trio.CancelScope]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the gateway until :meth:`aclose`; raise ``FatalChannelError`` when Discord
+        rejects the token or intents, other errors to be restarted."""
+        self._task_status = task_status
+        self._serving = True
+        fatal: FatalChannelError | None = None
+        try:
+            if self._inbox is not None:
+                # Taken before the gateway runs: anything claimed from now on is handled
+                # by this run, not replayed.
+                self._backlog = await self._inbox.open_entries(self.source)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._watch_fatal)
+                try:
+                    await self.gateway.run()
+                except FatalChannelError as exc:
+                    fatal = exc
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._serving = False
+            self.close_intake()
+            with trio.move_on_after(2.0, shield=True):
+                await self._release_rest()
+        fatal = fatal or self._fatal
+        if fatal is not None:
+            raise fatal
+
+    async def aclose(self, *, removed: bool) -> None:
+        """Stop reading Discord: close the gateway with 1000 when the channel is removed
+        (the Discord session ends) and 4000 otherwise (a restarted daemon resumes it).
+
+        Answers still being computed are posted when ready; REST outlives ``serve``.
+        """
+        await self.gateway.close(1000 if removed else 4000)
+        self.close_intake()
+
+    async def _watch_fatal(self) -> None:
+        await self._fatal_event.wait()
+        await self.gateway.close(4000)
+
+    def _set_fatal(self, exc: FatalChannelError) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+            self._fatal_event.set()
+
+    async def _release_rest(self) -> None:
+        # The HTTP client closes once nothing uses it: not serving and no send running.
+        if not self._serving and self._sends == 0:
+            await self.rest.aclose()
+
+    def _mark_started(self) -> None:
+        if not self._started and self._task_status is not None:
+            self._started = True
+            self._task_status.started()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._replay_backlog)
+
+    def _on_ready(self, resumed: bool) -> None:
+        self._mark_started()
+        self.context.report_connection(True, "gateway resumed" if resumed else "gateway ready")
+
+    def _on_down(self, reason: str) -> None:
+        self._mark_started()
+        self.context.report_connection(False, reason)
+
+    # -- inbound -------------------------------------------------------------------------
+
+    async def _on_dispatch(self, event: str, data: dict[str, Any]) -> None:
+        if event != "MESSAGE_CREATE":
+            return
+        bot_id = self.gateway.user_id
+        if bot_id is None:
+            log.warning("%s: MESSAGE_CREATE before the bot's user id is known; ignored",
+                        self.name)
+            return
+        parsed = parse_message_create(data, bot_id=bot_id, rules=self.rules)
+        if parsed is None:
+            return
+        message_id, inbound = parsed.message_id, parsed.inbound
+        inbound.metadata["channel"] = self.name
+        if self._inbox is not None:
+            new, _ = await self._inbox.claim(
+                self.source, message_id, inbound.namespace.key,
+                {"content": inbound.message.content, "metadata": inbound.metadata})
+        else:
+            new = message_id not in self._seen
+            self._seen[message_id] = None
+            while len(self._seen) > _DEDUPE_MEMORY:
+                self._seen.popitem(last=False)
+        if not new:
+            log.info("%s: message %s seen before; not answering it again", self.name,
+                     message_id)
+            return
+        # Marked before anything can wait, so the backlog replay never takes it too.
+        self._in_flight.add(message_id)
+        await self._replayed.wait()
+        await self._hand_over(message_id, inbound)
+
+    async def _hand_over(self, message_id: str, inbound: InboundMessage) -> None:
+        self._in_flight.add(message_id)
+        try:
+            await self.deliver(inbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # Closing: the message stays claimed-but-unanswered in the inbox, and the
+            # next start answers it.
+            self._in_flight.discard(message_id)
+            log.info("%s: stopping; message %s will be answered after the restart",
+                     self.name, message_id)
+
+    async def _replay_backlog(self) -> None:
+        """Finish what an earlier run left open (see the module docstring)."""
+        try:
+            backlog, self._backlog = self._backlog, []
+            for entry in backlog:
+                if entry.delivery_id in self._in_flight:
+                    continue  # an earlier generation in this process is still on it
+                metadata = dict(entry.payload.get("metadata") or {})
+                if entry.state == "answered" and entry.reply is not None:
+                    self._in_flight.add(entry.delivery_id)
+                    log.info("%s: posting the stored answer to message %s", self.name,
+                             entry.delivery_id)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._repost, metadata,
+                                             str(entry.reply.get("content", "")))
+                    continue
+                try:
+                    namespace = Namespace.parse(entry.namespace)
+                except InvalidNamespace:
+                    continue
+                log.info("%s: answering message %s, accepted before a restart", self.name,
+                         entry.delivery_id)
+                content = str(entry.payload.get("content", ""))
+                await self._hand_over(
+                    entry.delivery_id, InboundMessage(namespace, Message.user(content), metadata))
+        finally:
+            self._replayed.set()
+
+    async def _repost(self, metadata: dict[str, Any], content: str) -> None:
+        try:
+            await self._post(metadata, content)
+        except ChannelSendError as exc:
+            log.warning("%s: stored answer not delivered: %s", self.name, exc)
+
+    # -- outbound ------------------------------------------------------------------------
+
+    async def send(self, response: OutboundMessage) -> None:
+        """Post the answer as a reply to the user's message, split to fit Discord."""
+        await self._post(response.metadata, response.message.content)
+
+    async def send_error(self, error: OutboundError) -> None:
+        """Post a short apology with the error text."""
+        text = error.error.strip()
+        if len(text) > MAX_ERROR_CHARS:
+            text = text[: MAX_ERROR_CHARS - 1] + "…"
+        await self._post(error.metadata, f"Sorry, something went wrong: {text}")
+
+    async def _post(self, metadata: Mapping[str, Any], content: str) -> None:
+        channel_id = metadata.get("channel_id")
+        if not isinstance(channel_id, str) or not channel_id:
+            raise ChannelSendError("missing channel_id in metadata")
+        message_id = metadata.get("message_id")
+        message_id = message_id if isinstance(message_id, str) and message_id else None
+        chunks = split_message(content) or [EMPTY_ANSWER]
+        if len(chunks) > MAX_CHUNKS:
+            log.warning("%s: answer of %d characters needs %d messages; sending %d",
+                        self.name, len(content), len(chunks), MAX_CHUNKS)
+            chunks = [*chunks[: MAX_CHUNKS - 1], TRUNCATED]
+        tracked = self._inbox is not None and message_id is not None
+        self._sends += 1
+        try:
+            done = await self._begin_answer(message_id, content) if tracked else 0
+            for index in range(done, len(chunks)):
+                nonce = (reply_nonce(message_id, index) if message_id is not None
+                         else secrets.token_hex(12))
+                await self.rest.create_message(
+                    channel_id, chunks[index],
+                    reply_to=message_id if index == 0 else None, nonce=nonce)
+                if tracked:
+                    await self._record(message_id, "answered",
+                                       {"content": content, "sent": index + 1})
+            if tracked:
+                await self._record(message_id, "delivered")
+        except FatalChannelError as exc:
+            self._set_fatal(exc)
+            raise
+        except RestError as exc:
+            if tracked and not exc.retryable:
+                # Discord refused the message itself (permissions, unknown channel...):
+                # posting it again after a restart would fail the same way.
+                await self._record(message_id, "failed")
+            raise
+        finally:
+            self._sends -= 1
+            if message_id is not None:
+                self._in_flight.discard(message_id)
+            with trio.move_on_after(2.0, shield=True):
+                await self._release_rest()
+
+    async def _begin_answer(self, message_id: str | None, content: str) -> int:
+        """Store the answer before posting; return how many chunks are already posted."""
+        assert self._inbox is not None and message_id is not None
+        entry = await self._inbox.get(self.source, message_id)
+        done = 0
+        if entry is not None and entry.reply is not None and entry.state == "answered" and (
+                entry.reply.get("content") == content):
+            sent = entry.reply.get("sent", 0)
+            done = sent if isinstance(sent, int) else 0
+        await self._inbox.record(self.source, message_id, "answered",
+                                 {"content": content, "sent": done})
+        return done
+
+    async def _record(self, message_id: str | None, state: Any,
+                      reply: dict[str, Any] | None = None) -> None:
+        assert self._inbox is not None and message_id is not None
+        await self._inbox.record(self.source, message_id, state, reply)
+
+    # -- typing --------------------------------------------------------------------------
+
+    def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
+        """Show "typing…" in the message's Discord channel until the context exits.
+
+        Triggered at once and every ``typing_interval_s``; one loop per Discord channel
+        however many answers are being computed there. Best effort: a failing typing
+        call never delays or fails the answer.
+        """
+        channel_id = metadata.get("channel_id")
+        if not isinstance(channel_id, str) or not channel_id or self._nursery is None:
+            return no_typing()
+        return self._typing_context(channel_id)
+
+    @asynccontextmanager
+    async def _typing_context(self, channel_id: str) -> AsyncIterator[None]:
+        count, scope = self._typing.get(channel_id, (0, None)) if False else (
+            self._typing.get(channel_id) or (0, trio.CancelScope()))
+        if count == 0 and self._nursery is not None:
+            self._nursery.start_soon(self._typing_loop, channel_id, scope)
+        self._typing[channel_id] = (count + 1, scope)
+        try:
+            yield
+        finally:
+            count, scope = self._typing[channel_id]
+            if count <= 1:
+                del self._typing[channel_id]
+                scope.cancel()
+            else:
+                self._typing[channel_id] = (count - 1, scope)
+
+    async def _typing_loop(self, channel_id: str, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                try:
+                    await self.rest.trigger_typing(channel_id)
+                except FatalChannelError as exc:
+                    self._set_fatal(exc)
+                    return
+                except Exception as exc:
+                    log.debug("%s: typing indicator failed: %s", self.name, exc)
+                await trio.sleep(self.options.typing_interval_s)
