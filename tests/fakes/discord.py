@@ -17,17 +17,37 @@ Usage::
         await fake.wait_for_posts(1)
         assert fake.messages_posted[0]["content"] == ...
 
-Timing: every constant is a knob. With real sockets prefer real time and small intervals
-(``heartbeat_interval_ms`` 50-200, ``identify_must_wait_s``/grace knobs scaled down); the
-fake only uses ``trio.current_time()`` and ``trio.sleep*`` so it also runs under a
-``MockClock``, but with autojump the clock may jump while bytes are still in flight on
-loopback, so time-sensitive assertions are more reliable in real time.
+Timing: every constant is a knob. The fake only uses ``trio.current_time()`` and
+``trio.sleep*``, so it runs under pytest-trio's ``autojump_clock`` (probed: a missed-heartbeat
+close lands at exactly 1.5 x 41.25 s of virtual time, bucket 429s behave); but autojump can in
+principle jump while loopback bytes are in flight, so for timing-sensitive assertions prefer
+real time with small values (``heartbeat_interval_ms`` 50-200, ``identify_must_wait_s``,
+``reconnect_grace_s``, ``invalid_session_grace_s`` around 0.1-0.5).
 
 Wait helpers never time out: wrap them in ``trio.fail_after``.
+
+Scenario map (discord.md §5.4): G3 :meth:`~FakeDiscord.request_heartbeat`; G4
+``ack_heartbeats = False``; G5 :meth:`~FakeDiscord.freeze_connection`; G6
+:meth:`~FakeDiscord.drop_connection`; G7 :meth:`~FakeDiscord.send_reconnect` then dispatch;
+G8 ``reconnect_instead_of_hello``; G9/G12/G13/G14/G15 :meth:`~FakeDiscord.close_connection`;
+G10 :meth:`~FakeDiscord.expire_session` or ``invalid_session_on_resume = False``; G11/G31
+:meth:`~FakeDiscord.invalid_session`; G18 ``identify_must_wait_s``; G19
+``session_start_limit={"remaining": 0, ...}``; G20 ``gateway_send_limit``; G21
+``max_payload_bytes``; G22 ``?compress=zlib-stream`` + ``zlib_split``; G23
+``dispatch_message(message_id=...)`` twice; G24 ``replay_overlap``; G25
+``dispatch_message(extra=..., omit=...)`` / :meth:`~FakeDiscord.dispatch`; G26
+``withhold_hello``; G27 ``reject_upgrades`` / ``rest_fail_next(route="/gateway/bot")``; G28
+``heartbeat_ack_delay_s``; R2/R4/R5 :meth:`~FakeDiscord.set_rate_limit`; R3/R6/R7/R8/R9/R25
+``rest_fail_next(429, ...)``; R10/R11 ``rest_fail_next(502, commit=True)`` /
+``delay_s``; R15 :meth:`~FakeDiscord.delete_message`; R17 ``add_channel(can_send=False)``;
+R18 ``rest_fail_next(429, cloudflare=True)`` / :meth:`~FakeDiscord.ban`; R19
+``invalid_request_limit``; R24 ``created_messages[i]["mentions"]``; X2
+``GET /channels/{id}/messages?after=``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -73,6 +93,7 @@ from tests.fakes.discord_gateway import (
     Session,
     compress_chunks,
     encode_payload,
+    parse_client_frames,
 )
 from tests.fakes.discord_rest import (
     BAN_MESSAGE,
@@ -112,6 +133,13 @@ _PARSE_CHOICES = frozenset({"users", "roles", "everyone"})
 RestHandler = Callable[[Request, RestRecord], Awaitable[Response]]
 
 
+async def _nursery_holder(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    """Open a nursery, hand it to the caller, keep it open until cancelled."""
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
+
+
 def _default_route_limits() -> dict[str, RouteLimit]:
     five = (5, 5.0)
     return {
@@ -132,7 +160,8 @@ class FakeDiscord:
     :attr:`created_messages`, :attr:`channel_messages`, :attr:`typing_posts`,
     :attr:`invalid_requests`, :attr:`identify_count`, :attr:`resume_count`,
     :attr:`heartbeat_count`, :attr:`identifies`, :attr:`resumes`, :attr:`events_lost`,
-    :attr:`protocol_notes`, :attr:`token_resets`, :attr:`nonce_hits`.
+    :attr:`protocol_notes`, :attr:`token_resets`, :attr:`nonce_hits`,
+    :attr:`rate_limit_violations`.
 
     Knobs are plain attributes (set them any time); see ``__init__`` for the list.
     """
@@ -212,6 +241,10 @@ class FakeDiscord:
         """A successful POST is dispatched back as MESSAGE_CREATE, as Discord does."""
         self.close_timeout_s = 2.0
         """How long a server-initiated close waits for the client's close frame."""
+        self.session_start_window_s = 86_400.0
+        """Once ``reset_after`` has passed, ``remaining`` refills and a window this long starts."""
+        self.shards = 1
+        """``shards`` in ``GET /gateway/bot``."""
         self.guilds: dict[str, str] = {"300": "orrad-test"}
         """Guild id -> name; READY lists them, then one GUILD_CREATE each."""
 
@@ -256,6 +289,9 @@ class FakeDiscord:
         self.heartbeat_count = 0
         self.invalid_requests = 0
         """REST answers 401/403/429 (429 with scope ``shared`` excluded), as Cloudflare counts."""
+        self.rate_limit_violations = 0
+        """Real (not scripted) 429s: requests on an exhausted bucket or past the global limit,
+        i.e. the client ignored what the headers told it (invariant 6)."""
         self.bans = 0
         self.nonce_hits = 0
         self.token_resets = 0
@@ -424,6 +460,10 @@ class FakeDiscord:
             and self.connections[connection_index].closed_at is not None
         )
 
+    async def wait_for_typing(self, count: int) -> None:
+        """Until ``count`` successful ``POST /channels/{id}/typing`` calls."""
+        await self.wait_until(lambda: len(self.typing_posts) >= count)
+
     async def wait_for_requests(self, count: int, route: str | None = None) -> None:
         """Until ``count`` REST requests (matching ``route``, as in :meth:`rest_fail_next`)."""
         probe = RestFault(0, 0, route=route)
@@ -461,6 +501,7 @@ class FakeDiscord:
         author_id: str = "500", author_name: str = "alice", bot: bool = False,
         mentions_bot: bool = True, message_id: str | None = None,
         reply_to: str | None = None, extra: dict[str, Any] | None = None,
+        omit: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """A user's message as MESSAGE_CREATE; returns the message object.
 
@@ -468,7 +509,8 @@ class FakeDiscord:
         With ``mentions_bot`` the content gets a ``<@BOT_ID> `` prefix unless it already
         mentions the bot (``mentions`` is always derived from the content, as on Discord).
         ``reply_to`` makes it a reply (type 19) to that message id (``referenced_message``
-        null when the fake does not know it). ``extra`` is merged in last (G25 shapes).
+        null when the fake does not know it). ``extra`` is merged in last and ``omit`` keys
+        are removed (G25 shapes: ``omit=("member", "channel_type", "referenced_message")``).
         Reusing ``message_id`` re-dispatches the same message (G23).
         """
         channel = self.channels.get(channel_id)
@@ -505,6 +547,8 @@ class FakeDiscord:
             msg["referenced_message"] = self._by_id.get((channel_id, reply_to))
         if extra:
             msg.update(extra)
+        for key in omit:
+            msg.pop(key, None)
         await self.dispatch("MESSAGE_CREATE", msg)
         return msg
 
@@ -563,6 +607,37 @@ class FakeDiscord:
         conn = self._require_live()
         conn.frozen = True
         self._detach(conn, invalidate=False)
+        if conn.ws_nursery is not None:
+            conn.ws_nursery.cancel_scope.cancel()
+        if conn.nursery is not None:
+            conn.nursery.start_soon(self._drain_frozen, conn)
+
+    async def _drain_frozen(self, conn: LiveConnection) -> None:
+        """Read a frozen connection's raw bytes: record frames, answer nothing (no close
+        echo, no pong), and mark it closed only when the client drops TCP."""
+        buffer = bytearray()
+        try:
+            while True:
+                try:
+                    data = await conn.stream.receive_some(65536)
+                except trio.BusyResourceError:  # trio-websocket's reader is still unwinding
+                    await trio.lowlevel.checkpoint()
+                    continue
+                if not data:
+                    break
+                buffer += data
+                for opcode, payload in parse_client_frames(buffer):
+                    if opcode in (0x1, 0x2):
+                        self._record_frame(conn, payload)
+                    elif opcode == 0x8 and conn.record.client_close_code is None:
+                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                        conn.record.client_close_code = code
+                        conn.record.client_close_reason = payload[2:].decode("utf-8", "replace")
+                        self._notify()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        record = conn.record
+        self._mark_closed(conn, record.client_close_code or 1006, record.client_close_reason)
 
     def expire_session(self) -> None:
         """Make the current session unresumable (resume window over): RESUME gets op 9 false."""
@@ -604,7 +679,9 @@ class FakeDiscord:
         """Answer the next matching requests normally, but only after ``delay_s``."""
         self._faults.append(RestFault(0, times, route=route, delay_s=delay_s, slow_only=True))
 
-    def set_rate_limit(self, route: str, limit: int, per_s: float, bucket: str | None = None) -> None:
+    def set_rate_limit(
+        self, route: str, limit: int, per_s: float, bucket: str | None = None,
+    ) -> None:
         """Change a route's limit (``route`` = ``"POST /channels/{channel_id}/messages"``).
 
         Routes given the same ``bucket`` name share one limit per major parameter (R5).
@@ -645,10 +722,13 @@ class FakeDiscord:
     ) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                # trio-websocket's reader task runs in its own nursery so that freezing a
+                # connection can stop it without touching the rest.
+                ws_nursery: trio.Nursery = await nursery.start(_nursery_holder)
                 try:
                     with trio.fail_after(10):
-                        request = await wrap_server_stream(nursery, stream)
-                    await self._run_ws(endpoint, port, request, stream)
+                        request = await wrap_server_stream(ws_nursery, stream)
+                    await self._run_ws(endpoint, port, request, stream, ws_nursery)
                 except (trio.TooSlowError, ConnectionClosed, trio.BrokenResourceError,
                         trio.ClosedResourceError):
                     pass
@@ -659,7 +739,7 @@ class FakeDiscord:
 
     async def _run_ws(
         self, endpoint: Literal["gateway", "resume"], port: int, request: WebSocketRequest,
-        stream: trio.SocketStream,
+        stream: trio.SocketStream, ws_nursery: trio.Nursery,
     ) -> None:
         target = request.path
         path, _, qs = target.partition("?")
@@ -684,6 +764,7 @@ class FakeDiscord:
             return
         ws = await request.accept()
         conn = LiveConnection(record, ws, stream)
+        conn.ws_nursery = ws_nursery
         self._conns.append(conn)
         try:
             async with trio.open_nursery() as nursery:
@@ -745,6 +826,8 @@ class FakeDiscord:
             try:
                 message = await conn.ws.get_message()
             except ConnectionClosed as exc:
+                if conn.frozen:  # the raw drain task watches the socket from now on
+                    return
                 if not conn.closing:  # else the closing task records it
                     reason = exc.reason
                     code = reason.code if reason is not None else 1006
@@ -752,9 +835,9 @@ class FakeDiscord:
                 return
             await self._on_payload(conn, message)
 
-    async def _on_payload(self, conn: LiveConnection, message: str | bytes) -> None:
+    def _record_frame(self, conn: LiveConnection, data: bytes) -> tuple[int | None, Any]:
+        """Record one client payload in :attr:`frames_received`; returns ``(op, d)``."""
         now = trio.current_time()
-        data = message.encode() if isinstance(message, str) else message
         raw = data.decode("utf-8", "replace")
         try:
             obj: Any = msgspec.json.decode(data)
@@ -773,15 +856,19 @@ class FakeDiscord:
         if op == OP_HEARTBEAT:
             self.heartbeat_count += 1
         self._notify()
+        return op, d
+
+    async def _on_payload(self, conn: LiveConnection, message: str | bytes) -> None:
+        now = trio.current_time()
+        data = message.encode() if isinstance(message, str) else message
+        op, d = self._record_frame(conn, data)
         if conn.frozen:
             return
         window = conn.recv_times
         window.append(now)
         while window and window[0] <= now - self.gateway_send_window_s:
             window.popleft()
-        if len(data) > self.max_payload_bytes:
-            await self._close(conn, 4002, "Error while decoding payload.")
-        elif op is None:
+        if len(data) > self.max_payload_bytes or op is None:
             await self._close(conn, 4002, "Error while decoding payload.")
         elif len(window) > self.gateway_send_limit:
             await self._close(conn, 4008, "Rate limited.")
@@ -959,7 +1046,8 @@ class FakeDiscord:
                 if frame["s"] > start:
                     await self._send(conn, OP_DISPATCH, frame["d"], frame["s"], frame["t"])
             session.seq += 1
-            await self._send(conn, OP_DISPATCH, {"_trace": ["fake-gateway"]}, session.seq, "RESUMED")
+            resumed = {"_trace": ["fake-gateway"]}
+            await self._send(conn, OP_DISPATCH, resumed, session.seq, "RESUMED")
             session.conn = conn
             session.resumable_until = None
         record.outcome = "resumed"
@@ -982,7 +1070,9 @@ class FakeDiscord:
             await self._send(session.conn, OP_DISPATCH, shaped, seq, name)
         return seq
 
-    def _shape_for_intents(self, intents: int, name: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    def _shape_for_intents(
+        self, intents: int, name: str, data: dict[str, Any],
+    ) -> dict[str, Any] | None:
         """Drop or blank an event the way the session's intents would (discord.md §5.3)."""
         in_guild = data.get("guild_id") is not None
         if name in ("MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE"):
@@ -1001,9 +1091,8 @@ class FakeDiscord:
         elif name == "TYPING_START":
             if not intents & (GUILD_MESSAGE_TYPING if in_guild else DIRECT_MESSAGE_TYPING):
                 return None
-        elif name.startswith("GUILD_") and name in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"):
-            if not intents & GUILDS:
-                return None
+        elif name in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE") and not intents & GUILDS:
+            return None
         return data
 
     async def _send(
@@ -1047,7 +1136,9 @@ class FakeDiscord:
             "invalid session",
         )
 
-    def _close_later(self, conn: LiveConnection, delay: float | None, code: int, reason: str) -> None:
+    def _close_later(
+        self, conn: LiveConnection, delay: float | None, code: int, reason: str,
+    ) -> None:
         if delay is None or conn.nursery is None or conn.record.closed_at is not None:
             return
 
@@ -1078,12 +1169,10 @@ class FakeDiscord:
         conn.closing = True
         conn.record.dropped_by_server = True
         self._detach(conn, invalidate=False)
-        try:  # linger 0: close() sends a TCP RST
+        with contextlib.suppress(OSError):  # linger 0: close() sends a TCP RST
             conn.stream.socket.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
             )
-        except OSError:
-            pass
         await trio.aclose_forcefully(conn.stream)
         self._mark_closed(conn, None, None)
 
@@ -1128,7 +1217,7 @@ class FakeDiscord:
         limit = self.session_start_limit
         if now >= self._start_reset_at:
             limit["remaining"] = limit["total"]
-            self._start_reset_at = now + 86_400.0
+            self._start_reset_at = now + self.session_start_window_s
         limit["reset_after"] = max(0, int((self._start_reset_at - now) * 1000))
         return limit
 
@@ -1289,6 +1378,7 @@ class FakeDiscord:
             if now < self._global_blocked_until or full:
                 retry = max(self._global_blocked_until - now,
                             (window[0] + 1.0 - now) if full else 0.0)
+                self.rate_limit_violations += 1
                 return self._global_429(retry)
             window.append(now)
         if self.require_user_agent and not _UA.match(record.headers.get("user-agent", "")):
@@ -1304,6 +1394,7 @@ class FakeDiscord:
             record.bucket = key
             if not state.consume(now):
                 retry = state.reset_after(now)
+                self.rate_limit_violations += 1
                 return json_response(
                     429,
                     {"message": "You are being rate limited.", "retry_after": round(retry, 3),
@@ -1368,6 +1459,7 @@ class FakeDiscord:
                 record.bucket = key
             else:
                 state, bucket = BucketState(1, retry, 1), bucket_hash(record.route or req.path)
+            state.refresh(now)
             if fault.scope == "user":
                 state.remaining = 0
                 state.reset_at = max(state.reset_at or now, now + retry)
@@ -1404,9 +1496,8 @@ class FakeDiscord:
 
     async def _h_gateway_bot(self, req: Request, record: RestRecord) -> Response:
         limit = dict(self._refresh_start_limit(trio.current_time()))
-        return json_response(
-            200, {"url": self.gateway_url, "shards": 1, "session_start_limit": limit}, [VIA],
-        )
+        body = {"url": self.gateway_url, "shards": self.shards, "session_start_limit": limit}
+        return json_response(200, body, [VIA])
 
     async def _h_me(self, req: Request, record: RestRecord) -> Response:
         return json_response(200, self.bot_user, [VIA])

@@ -43,6 +43,7 @@ __all__ = [
     "Session",
     "compress_chunks",
     "encode_payload",
+    "parse_client_frames",
 ]
 
 # -- opcodes (discord.md §1.3) -------------------------------------------------------------
@@ -102,6 +103,39 @@ def compress_chunks(compressor: Any, raw: bytes, parts: int) -> list[bytes]:
     parts = max(1, min(parts, len(data)))
     size = -(-len(data) // parts)
     return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def parse_client_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Cut complete (masked) client WebSocket frames off ``buffer``: ``(opcode, payload)``.
+
+    Only used for frozen connections, where the fake reads the raw TCP stream itself so
+    that nothing (not even a close echo or a pong) goes back to the client.
+    """
+    frames: list[tuple[int, bytes]] = []
+    while len(buffer) >= 2:
+        length, pos = buffer[1] & 0x7F, 2
+        if length == 126:
+            if len(buffer) < 4:
+                break
+            length, pos = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            if len(buffer) < 10:
+                break
+            length, pos = int.from_bytes(buffer[2:10], "big"), 10
+        mask = b""
+        if buffer[1] & 0x80:
+            if len(buffer) < pos + 4:
+                break
+            mask, pos = bytes(buffer[pos:pos + 4]), pos + 4
+        if len(buffer) < pos + length:
+            break
+        payload = bytes(buffer[pos:pos + length])
+        opcode = buffer[0] & 0x0F
+        del buffer[:pos + length]
+        if mask:
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        frames.append((opcode, payload))
+    return frames
 
 
 @dataclass
@@ -225,3 +259,5 @@ class LiveConnection:
         self.closing = False
         self.recv_times: deque[float] = deque()
         self.nursery: trio.Nursery | None = None
+        self.ws_nursery: trio.Nursery | None = None
+        """Runs trio-websocket's reader; cancelled to freeze the connection."""
