@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
 from orrad import Message, Namespace
 from orrad.errors import StoreError
@@ -105,3 +107,41 @@ async def test_closed_database_raises_store_error(tmp_path: Path) -> None:
     db = Database.in_state_dir(str(tmp_path))
     with pytest.raises(StoreError):
         await SqliteSessionStore(db).load(Namespace("x"))
+
+
+async def test_group_commit_isolates_a_failing_operation(db: Database) -> None:
+    from orrad.state import KeyValueStore
+
+    kv = KeyValueStore(db, "t")
+
+    def explode(conn: Any) -> None:
+        conn.execute("INSERT INTO kv (scope, key, value) VALUES ('t', 'doomed', x'00')")
+        raise ValueError("boom")
+
+    errors: list[BaseException] = []
+
+    async def failing() -> None:
+        try:
+            await db.run(explode)
+        except ValueError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(kv.put, f"k{i}", i)
+        nursery.start_soon(failing)
+    assert [await kv.get(f"k{i}") for i in range(20)] == list(range(20))
+    assert await kv.get("doomed") is None
+    assert len(errors) == 1
+
+
+async def test_cancelled_caller_does_not_lose_other_operations(db: Database) -> None:
+    from orrad.state import KeyValueStore
+
+    kv = KeyValueStore(db, "c")
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(kv.put, f"k{i}", i)
+        with trio.move_on_after(0):
+            await kv.put("cancelled", 1)
+    assert [await kv.get(f"k{i}") for i in range(10)] == list(range(10))

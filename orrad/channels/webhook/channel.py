@@ -96,6 +96,7 @@ class WebhookChannel(BaseChannel):
         self.source = f"webhook:{self.name}"
         self._running = _RUNNING.setdefault(self.source, set())
         self._pending: dict[str, _Pending] = {}
+        self._callback_urls: dict[str, str] = {}
         self._callbacks: CallbackSender | None = None
         self._server: HTTPServer | None = None
         self.address: tuple[str, int] | None = None
@@ -230,6 +231,8 @@ class WebhookChannel(BaseChannel):
         if payload.get("agent"):
             metadata["agent"] = payload["agent"]
         metadata[ID_METADATA_KEY] = request_id
+        if payload.get("callback_url"):
+            self._callback_urls[request_id] = payload["callback_url"]
         self._running.add(request_id)
         await self.deliver(InboundMessage(namespace, Message.user(payload["message"]), metadata))
 
@@ -246,8 +249,7 @@ class WebhookChannel(BaseChannel):
         await self._finish(request_id, status, _error_body(request_id, error.code, error.error))
 
     async def _finish(self, request_id: str, status: int, body: dict[str, Any]) -> None:
-        entry = await self.inbox.get(self.source, request_id)
-        callback = entry.payload.get("callback_url") if entry else None
+        callback = self._callback_urls.pop(request_id, None)
         try:
             await self._store_reply(request_id, callback, status, body)
         finally:
