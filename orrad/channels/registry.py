@@ -57,11 +57,13 @@ class ChannelRegistry:
 
 
 def default_registry() -> ChannelRegistry:
+    from orrad.channels.discord import DiscordChannel
     from orrad.channels.stdin import StdinChannel
     from orrad.channels.webhook import WebhookChannel
 
     registry = ChannelRegistry()
     registry.register(StdinChannel)
     registry.register(WebhookChannel)
+    registry.register(DiscordChannel)
     registry.load_plugins()
     return registry

@@ -154,13 +154,21 @@ class DiscordChannel(BaseChannel):
                 except FatalChannelError as exc:
                     fatal = exc
                 nursery.cancel_scope.cancel()
+            self._nursery = None
+            fatal = fatal or self._fatal
+            if fatal is not None:
+                # Whatever the session was, it is of no use after a rejected token.
+                await self.gateway.persistence.clear()
+            else:
+                # Stopped before ever connecting: still "started", as the supervisor
+                # expects of a serve that returns normally.
+                self._mark_started()
         finally:
             self._nursery = None
             self._serving = False
             self.close_intake()
             with trio.move_on_after(2.0, shield=True):
                 await self._release_rest()
-        fatal = fatal or self._fatal
         if fatal is not None:
             raise fatal
 
@@ -232,19 +240,33 @@ class DiscordChannel(BaseChannel):
             return
         # Marked before anything can wait, so the backlog replay never takes it too.
         self._in_flight.add(message_id)
-        await self._replayed.wait()
-        await self._hand_over(message_id, inbound)
+        handed = False
+        try:
+            # Messages left over from an earlier run go first.
+            await self._replayed.wait()
+            handed = await self._hand_over(message_id, inbound)
+        finally:
+            if not handed:
+                self._in_flight.discard(message_id)
 
-    async def _hand_over(self, message_id: str, inbound: InboundMessage) -> None:
+    async def _hand_over(self, message_id: str, inbound: InboundMessage) -> bool:
+        """Give ``inbound`` to the router (via :meth:`receive`); False when closing.
+
+        A message not handed over stays claimed-but-unanswered in the inbox, and the
+        channel's next start answers it.
+        """
         self._in_flight.add(message_id)
+        handed = False
         try:
             await self.deliver(inbound)
+            handed = True
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            # Closing: the message stays claimed-but-unanswered in the inbox, and the
-            # next start answers it.
-            self._in_flight.discard(message_id)
             log.info("%s: stopping; message %s will be answered after the restart",
                      self.name, message_id)
+        finally:
+            if not handed:
+                self._in_flight.discard(message_id)
+        return handed
 
     async def _replay_backlog(self) -> None:
         """Finish what an earlier run left open (see the module docstring)."""
@@ -259,7 +281,7 @@ class DiscordChannel(BaseChannel):
                     log.info("%s: posting the stored answer to message %s", self.name,
                              entry.delivery_id)
                     assert self._nursery is not None
-                    self._nursery.start_soon(self._repost, metadata,
+                    self._nursery.start_soon(self._repost, entry.delivery_id, metadata,
                                              str(entry.reply.get("content", "")))
                     continue
                 try:
@@ -274,11 +296,13 @@ class DiscordChannel(BaseChannel):
         finally:
             self._replayed.set()
 
-    async def _repost(self, metadata: dict[str, Any], content: str) -> None:
+    async def _repost(self, message_id: str, metadata: dict[str, Any], content: str) -> None:
         try:
             await self._post(metadata, content)
         except ChannelSendError as exc:
             log.warning("%s: stored answer not delivered: %s", self.name, exc)
+        finally:
+            self._in_flight.discard(message_id)
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -308,6 +332,8 @@ class DiscordChannel(BaseChannel):
         self._sends += 1
         try:
             done = await self._begin_answer(message_id, content) if tracked else 0
+            if done < 0:
+                return  # this very answer was delivered already
             for index in range(done, len(chunks)):
                 nonce = (reply_nonce(message_id, index) if message_id is not None
                          else secrets.token_hex(12))
@@ -336,10 +362,14 @@ class DiscordChannel(BaseChannel):
                 await self._release_rest()
 
     async def _begin_answer(self, message_id: str | None, content: str) -> int:
-        """Store the answer before posting; return how many chunks are already posted."""
+        """Store the answer before posting; return how many chunks are already posted,
+        or -1 when the same answer was delivered completely before."""
         assert self._inbox is not None and message_id is not None
         entry = await self._inbox.get(self.source, message_id)
         done = 0
+        if entry is not None and entry.state == "delivered" and entry.reply is not None and (
+                entry.reply.get("content") == content):
+            return -1
         if entry is not None and entry.reply is not None and entry.state == "answered" and (
                 entry.reply.get("content") == content):
             sent = entry.reply.get("sent", 0)
@@ -369,8 +399,7 @@ class DiscordChannel(BaseChannel):
 
     @asynccontextmanager
     async def _typing_context(self, channel_id: str) -> AsyncIterator[None]:
-        count, scope = self._typing.get(channel_id, (0, None)) if False else (
-            self._typing.get(channel_id) or (0, trio.CancelScope()))
+        count, scope = self._typing.get(channel_id) or (0, trio.CancelScope())
         if count == 0 and self._nursery is not None:
             self._nursery.start_soon(self._typing_loop, channel_id, scope)
         self._typing[channel_id] = (count + 1, scope)

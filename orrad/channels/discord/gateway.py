@@ -34,7 +34,9 @@ previous process stopped handling, and the gateway replays the rest.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
+import math
 import platform
 import random
 from collections import deque
@@ -136,6 +138,7 @@ class ResumeState(msgspec.Struct, frozen=True):
     seq: int | None
     user_id: str | None = None
     username: str | None = None
+    token_tag: str | None = None  # which token made the session (a hash, not the token)
 
 
 class SessionPersistence(Protocol):
@@ -329,6 +332,9 @@ class GatewayClient:
         where: str = "the channel file",
     ) -> None:
         self._token = token
+        # A session belongs to the token that made it: resuming it with an edited token
+        # would be refused (4004). Only a short hash is stored.
+        self._token_tag = hashlib.sha256(token.encode()).hexdigest()[:16]
         self.intents = intents
         self.rest = rest
         self.persistence = persistence or MemorySessionPersistence()
@@ -346,6 +352,7 @@ class GatewayClient:
         self.base_url: str | None = None
         self.counters = _Counters()
         self._failed_resumes = 0
+        self._resume_sent = False
         self._last_identify: float | None = None
         self._saved: ResumeState | None = None
         self._scope = trio.CancelScope()
@@ -353,6 +360,7 @@ class GatewayClient:
         self._close_code = RESUMABLE_CLOSE
         self._running = False
         self._stopped = trio.Event()
+        self._ws: WebSocketConnection | None = None
 
     # -- public ----------------------------------------------------------------------
 
@@ -387,6 +395,12 @@ class GatewayClient:
         """
         self._closing = True
         self._close_code = code
+        ws = self._ws
+        if ws is not None:
+            # Close from here, before cancelling: the cancellation would also stop
+            # trio-websocket's reader, and the close handshake could not complete.
+            with trio.move_on_after(self.options.close_timeout_s):
+                await ws.aclose(code)
         self._scope.cancel()
         if self._running:
             await self._stopped.wait()
@@ -413,6 +427,10 @@ class GatewayClient:
             state = None
         if state is None:
             return
+        if state.token_tag != self._token_tag:
+            log.info("the stored gateway session belongs to another token; identifying")
+            await self.persistence.clear()
+            return
         self.session_id, self.resume_url, self.seq = state.session_id, state.resume_url, state.seq
         self.user_id, self.username = state.user_id, state.username
         self._saved = state
@@ -434,7 +452,7 @@ class GatewayClient:
             if (item.seq is not None and item.session_id is not None
                     and item.session_id == self.session_id and self.resume_url is not None):
                 state = ResumeState(item.session_id, self.resume_url, item.seq,
-                                    self.user_id, self.username)
+                                    self.user_id, self.username, self._token_tag)
                 if state != self._saved:
                     await self.persistence.save(state)
                     self._saved = state
@@ -460,8 +478,11 @@ class GatewayClient:
                 resume = False
             if resume:
                 assert self.resume_url is not None
+                self._resume_sent = False
                 outcome = await self._connect_once(self.resume_url, _Mode.RESUME, dispatch)
-                if outcome.established_at is None and not outcome.forget:
+                # Only a resume the gateway saw and never confirmed counts: an unreachable
+                # gateway says nothing about the session.
+                if self._resume_sent and outcome.established_at is None and not outcome.forget:
                     self._failed_resumes += 1
             else:
                 try:
@@ -470,8 +491,13 @@ class GatewayClient:
                     outcome = _Outcome(f"GET /gateway/bot failed: {exc}")
                 else:
                     outcome = await self._connect_once(url, _Mode.IDENTIFY, dispatch)
+            if self._closing:
+                return
             if outcome.fatal is not None:
                 log.error("%s", outcome.fatal)
+                # The session cannot be used again; the next start (after the operator's
+                # fix) identifies afresh.
+                await self._forget_session()
                 raise FatalChannelError(outcome.fatal)
             if outcome.forget:
                 await self._forget_session()
@@ -487,8 +513,14 @@ class GatewayClient:
                 delay = self._backoff(attempt)
                 attempt += 1
             nxt = "resume" if self.session_id is not None else "identify"
-            log.warning("gateway connection lost: %s; %s in %.2fs", outcome.reason, nxt, delay)
-            self._down(outcome.reason)
+            if outcome.delay == 0 and outcome.established_at is not None:
+                # A reconnect Discord asked for (op 7 every few hours is normal): not an
+                # outage, so no "down" report; if it fails, that failure is reported.
+                log.info("%s; %s now", outcome.reason, nxt)
+            else:
+                log.warning("gateway connection lost: %s; %s in %.2fs", outcome.reason, nxt,
+                            delay)
+                self._down(outcome.reason)
             await trio.sleep(delay)
 
     async def _prepare_identify(self) -> str:
@@ -538,13 +570,20 @@ class GatewayClient:
                 connect_timeout=self.options.connect_timeout_s,
                 disconnect_timeout=self.options.close_timeout_s,
             ) as ws:
+                self._ws = ws
                 try:
                     result = await self._session(ws, mode, dispatch)
                 finally:
+                    self._ws = None
                     # trio-websocket would close with 1000 on leaving the block, which
                     # ends the session: close first, with 4000, unless told otherwise.
                     code = self._close_code if self._closing else RESUMABLE_CLOSE
-                    with trio.move_on_after(self.options.close_timeout_s, shield=True):
+                    # Cancelled, the reader is gone and no close reply can arrive: send
+                    # the close frame and do not wait long for the reply.
+                    cancelled = trio.current_effective_deadline() == -math.inf
+                    timeout = min(0.1, self.options.close_timeout_s) if cancelled else (
+                        self.options.close_timeout_s)
+                    with trio.move_on_after(timeout, shield=True):
                         await ws.aclose(code)
         except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
             if result is None:
@@ -607,6 +646,7 @@ class GatewayClient:
             log.info("resuming gateway session at seq %s", self.seq)
             await conn.send({"op": 6, "d": {
                 "token": self._token, "session_id": self.session_id, "seq": self.seq}})
+            self._resume_sent = True
             return
         now = trio.current_time()
         self._last_identify = now
@@ -673,8 +713,7 @@ class GatewayClient:
         self, payload: dict[str, Any], live: _Live, dispatch: trio.MemorySendChannel[_Dispatch]
     ) -> None:
         seq, event, data = payload.get("s"), payload.get("t"), payload.get("d")
-        if isinstance(seq, int):
-            self.seq = seq
+        seq = seq if isinstance(seq, int) else None
         if event == "READY" and isinstance(data, dict):
             user = data.get("user") if isinstance(data.get("user"), dict) else {}
             assert isinstance(user, dict)
@@ -687,8 +726,11 @@ class GatewayClient:
         elif event == "RESUMED":
             self._established(live, resumed=True)
         if isinstance(event, str) and isinstance(data, dict):
-            await dispatch.send(_Dispatch(self.session_id, seq if isinstance(seq, int) else None,
-                                          event, data))
+            await dispatch.send(_Dispatch(self.session_id, seq, event, data))
+        # Only once the event is queued: had the send been cancelled (a zombie or close
+        # cancels the reader), a resume from this seq would skip an event never handled.
+        if seq is not None:
+            self.seq = seq
 
     def _established(self, live: _Live, *, resumed: bool) -> None:
         live.established_at = trio.current_time()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orrad.config import DiscordChannelConfig
@@ -68,7 +68,7 @@ class InboundRules:
 
     filter: Filter = "mentions"
     allowed_users: frozenset[str] = frozenset()
-    namespace_prefix: Namespace = Namespace("discord")
+    namespace_prefix: Namespace = field(default_factory=lambda: Namespace("discord"))
     session_scope: SessionScope = "user"
     agents: tuple[str, ...] = ()
 

@@ -1,0 +1,236 @@
+"""The Discord channel end to end: replies, REST faults, long answers, typing, and
+exactly-once answering across crashes and restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from orrad.channels.discord.channel import reply_nonce
+from orrad.channels.discord.split import split_message
+from orrad.errors import ProviderError
+from orrad.state.inbox import Inbox
+from tests.channels.discord.harness import (
+    assert_answered_once,
+    balanced,
+    fake_discord,
+    open_db,
+    replies_to,
+    run_bot,
+    until,
+)
+from tests.channels.discord.test_gateway import posts, send
+from tests.channels.discord.test_split import long_answer
+from tests.fakes.discord import FakeDiscord
+from tests.scripted import ScriptedProvider, reply
+
+MESSAGES = "POST /channels/{channel_id}/messages"
+
+
+def message_posts(fake: FakeDiscord) -> list[tuple[float, int]]:
+    return [(r.time, r.status) for r in fake.rest_requests if r.route == MESSAGES]
+
+
+async def test_own_and_bot_messages_are_not_answered(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db, filter="all") as bot:
+            mid = await send(fake, "hi")
+            await send(fake, "beep", bot=True, author_id="77")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await trio.sleep(0.2)  # our reply came back as MESSAGE_CREATE: not answered
+            await bot.stop()
+        assert posts(fake) == ["echo: hi"]
+        assert_answered_once(fake, [mid])
+
+
+async def test_long_answer_is_split_with_only_the_first_chunk_replying(tmp_path: Path) -> None:
+    text = long_answer()
+    provider = ScriptedProvider([reply(text)])
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db, provider=provider) as bot:
+            mid = await send(fake, "explain")
+            await until(fake, lambda: len(fake.messages_posted) == 3)
+            await bot.stop()
+        chunks = [m["content"] for m in fake.messages_posted]
+        assert chunks == split_message(text)
+        assert all(len(c) <= 2000 and balanced(c) for c in chunks)
+        assert [bool(m.get("message_reference")) for m in fake.messages_posted] == [
+            True, False, False]
+        assert [m["nonce"] for m in fake.messages_posted] == [reply_nonce(mid, i)
+                                                              for i in range(3)]
+        assert all(status == 200 for _, status in message_posts(fake))
+        assert_answered_once(fake, [mid])
+        entry = await _entry(tmp_path, mid)
+        assert entry == ("delivered", 3)
+
+
+async def test_bucket_429_waits_and_posts_once(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            fake.rest_fail_next(429, retry_after=0.3, route=MESSAGES)
+            mid = await send(fake, "limited")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        (t0, s0), (t1, s1) = message_posts(fake)
+        assert (s0, s1) == (429, 200) and t1 - t0 >= 0.3
+        assert fake.invalid_requests == 1
+        assert_answered_once(fake, [mid])
+
+
+async def test_global_429_pauses_and_posts_once(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            fake.rest_fail_next(429, retry_after=0.3, global_=True, route=MESSAGES)
+            mid = await send(fake, "global")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        (t0, s0), (t1, s1) = message_posts(fake)
+        assert (s0, s1) == (429, 200) and t1 - t0 >= 0.3
+        assert_answered_once(fake, [mid])
+
+
+async def test_exhausted_bucket_is_waited_out_without_a_429(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        fake.set_rate_limit(MESSAGES, 1, 0.4)
+        async with run_bot(fake, db) as bot:
+            ids = [await send(fake, f"m{i}") for i in range(2)]
+            await until(fake, lambda: len(fake.messages_posted) == 2)
+            await bot.stop()
+        assert [s for _, s in message_posts(fake)] == [200, 200]
+        assert fake.invalid_requests == 0
+        assert posts(fake) == ["echo: m0", "echo: m1"]
+        assert_answered_once(fake, ids)
+
+
+async def test_server_errors_then_success_post_once(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            fake.rest_fail_next(502, times=2, route=MESSAGES)
+            mid = await send(fake, "flaky")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert [s for _, s in message_posts(fake)] == [502, 502, 200]
+        assert_answered_once(fake, [mid])
+
+
+async def test_committed_then_502_is_not_posted_twice(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            fake.rest_fail_next(502, commit=True, route=MESSAGES)
+            mid = await send(fake, "committed")
+            await until(fake, lambda: fake.nonce_hits == 1)
+            await trio.sleep(0.1)
+            await bot.stop()
+        assert len(fake.messages_posted) == 1  # the retry got the original back
+        assert_answered_once(fake, [mid])
+
+
+async def test_missing_permission_fails_that_message_only(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        fake.add_channel("201", can_send=False)
+        async with run_bot(fake, db) as bot:
+            denied = await send(fake, "no perms here", channel_id="201")
+            ok = await send(fake, "fine here")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await trio.sleep(0.1)
+            await bot.stop()
+        assert posts(fake) == ["echo: fine here"]
+        assert len([r for r in fake.rest_requests
+                    if r.route == MESSAGES and r.path.endswith("/201/messages")]) == 1
+        assert (await _entry(tmp_path, denied))[0] == "failed"
+        assert_answered_once(fake, [ok])
+
+
+async def test_agent_error_is_answered_with_an_apology(tmp_path: Path) -> None:
+    provider = ScriptedProvider([ProviderError("boom")])
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db, provider=provider) as bot:
+            mid = await send(fake, "fail please")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert posts(fake) == ["Sorry, something went wrong: provider error: boom"]
+        assert_answered_once(fake, [mid])
+
+
+async def test_typing_while_the_agent_works_and_not_after(tmp_path: Path) -> None:
+    provider = ScriptedProvider([reply("done")], delay=0.7)
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db, provider=provider) as bot:
+            mid = await send(fake, "slow one")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            typed = len(fake.typing_posts)
+            await trio.sleep(0.5)
+            await bot.stop()
+        assert 3 <= typed <= 6  # at once, then every 0.2 s for 0.7 s
+        assert len(fake.typing_posts) == typed  # stopped with the answer
+        assert {channel for channel, _ in fake.typing_posts} == {"200"}
+        assert_answered_once(fake, [mid])
+
+
+async def test_typing_failures_do_not_delay_the_answer(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            fake.rest_fail_next(500, times=5, route="POST /channels/{channel_id}/typing")
+            mid = await send(fake, "quick")
+            await until(fake, lambda: len(fake.messages_posted) == 1, timeout=1.0)
+            await bot.stop()
+        assert_answered_once(fake, [mid])
+
+
+async def test_claimed_but_unanswered_message_is_answered_after_a_crash(tmp_path: Path) -> None:
+    stuck = ScriptedProvider([reply("never sent")], delay=60)
+    async with fake_discord() as fake:
+        async with open_db(tmp_path) as db, run_bot(fake, db, provider=stuck) as bot:
+            mid = await send(fake, "in flight")
+            await until(fake, lambda: len(fake.typing_posts) >= 1)  # the agent runs
+            bot.nursery.cancel_scope.cancel()  # the process dies: no aclose
+        assert fake.messages_posted == []
+        # A new process (new database handle) resumes: the gateway does not replay the
+        # message (its seq was stored once it was claimed); the inbox answers it.
+        async with open_db(tmp_path) as db, run_bot(fake, db) as bot:
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await trio.sleep(0.2)
+            await bot.stop()
+        assert fake.resume_count == 1 and fake.identify_count == 1
+        assert posts(fake) == ["echo: in flight"]
+        assert_answered_once(fake, [mid])
+
+
+async def test_partly_posted_answer_is_finished_after_a_restart(tmp_path: Path) -> None:
+    text = long_answer()
+    async with fake_discord() as fake:
+        async with open_db(tmp_path) as db:
+            inbox = Inbox(db)
+            metadata = {"channel_id": "200", "message_id": "777", "guild_id": "300",
+                        "author_id": "500", "author_name": "alice", "channel": "bot"}
+            await inbox.claim("discord:bot", "777", "discord:300:200:500",
+                              {"content": "explain", "metadata": metadata})
+            await inbox.record("discord:bot", "777", "answered", {"content": text, "sent": 1})
+            async with run_bot(fake, db) as bot:
+                await until(fake, lambda: len(fake.messages_posted) == 2)
+                await trio.sleep(0.2)
+                await bot.stop()
+        assert [m["content"] for m in fake.messages_posted] == split_message(text)[1:]
+        assert [m["nonce"] for m in fake.messages_posted] == [reply_nonce("777", 1),
+                                                              reply_nonce("777", 2)]
+        assert not any(m.get("message_reference") for m in fake.messages_posted)
+        assert await _entry(tmp_path, "777") == ("delivered", 3)
+
+
+async def test_without_a_database_duplicates_are_still_dropped(tmp_path: Path) -> None:
+    async with fake_discord() as fake:
+        async with run_bot(fake, None) as bot:
+            first = await send(fake, "once", message_id="31337")
+            await send(fake, "once", message_id="31337")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await trio.sleep(0.2)
+            await bot.stop()
+        assert replies_to(fake, first) == fake.messages_posted
+
+
+async def _entry(tmp_path: Path, message_id: str) -> tuple[str, int | None]:
+    async with open_db(tmp_path) as db:
+        entry = await Inbox(db).get("discord:bot", message_id)
+    assert entry is not None
+    return entry.state, (entry.reply or {}).get("sent")
