@@ -22,7 +22,8 @@ class ServerLimits:
     body_timeout_s: float = 10.0
     """The whole body must arrive within this after the head; else 408 ``timeout``."""
     keepalive_timeout_s: float = 5.0
-    """Idle time allowed between requests on a kept-alive connection."""
+    """Idle time allowed between requests on a kept-alive connection (counted from when the
+    previous response began to be sent)."""
     max_connections: int = 1024
     """Open connections; beyond it, new ones get 503 ``unavailable`` and are closed."""
     max_requests_per_connection: int = 1000
@@ -34,10 +35,8 @@ class ServerLimits:
     drain_timeout_s: float = 10.0
     """On :meth:`HTTPServer.stop`, in-flight requests get this long before being cancelled."""
     send_timeout_s: float = 10.0
-    """Writing one response must finish within this (slow readers are dropped)."""
-
-
-
+    """Writing one response must finish within this, else the connection is dropped (a
+    client that does not read its answers must not hold a task forever)."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -7,7 +7,7 @@ wire through h11.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -40,14 +40,22 @@ class Request:
         target: the raw request target, e.g. ``"/v1/sessions?prefix=a"``.
         path: the percent-decoded path without the query, e.g. ``"/v1/sessions"``.
         query: the query string parsed with ``parse_qs(keep_blank_values=True)``.
-        headers: ``(name, value)`` pairs in arrival order; names lower-cased, both decoded
-            as latin-1.
         body: the raw body (``b""`` when there was none).
         client: the peer address as ``"host:port"``.
         path_params: values of the route pattern's ``{name}`` placeholders.
     """
 
-    __slots__ = ("body", "client", "headers", "method", "path", "path_params", "query", "target")
+    __slots__ = (
+        "_headers",
+        "_raw_headers",
+        "body",
+        "client",
+        "method",
+        "path",
+        "path_params",
+        "query",
+        "target",
+    )
 
     def __init__(
         self,
@@ -60,11 +68,14 @@ class Request:
         *,
         path: str | None = None,
         query: dict[str, list[str]] | None = None,
+        raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> None:
         """Build a request; ``path`` and ``query`` are derived from ``target`` when omitted.
 
-        The server passes them in (it has already split the target for routing); tests and
-        fakes usually pass only ``method`` and ``target``.
+        The server passes them in (it has already split the target for routing) and gives
+        the headers as h11 parsed them in ``raw_headers`` (lower-cased bytes names), which
+        are decoded only if :attr:`headers` is read; tests and fakes usually pass only
+        ``method``, ``target`` and perhaps ``headers`` and ``body``.
         """
         self.method = method
         self.target = target
@@ -76,10 +87,24 @@ class Request:
                 query = parse_qs(qs, keep_blank_values=True) if qs else {}
         self.path = path
         self.query = query
-        self.headers = headers if headers is not None else []
+        # None until first read when only raw headers were given (see the headers property).
+        self._headers: list[tuple[str, str]] | None = headers
+        if headers is None and raw_headers is None:
+            self._headers = []
+        self._raw_headers = raw_headers
         self.body = body
         self.client = client
         self.path_params = path_params if path_params is not None else {}
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``(name, value)`` pairs in arrival order; names lower-cased, latin-1 decoded."""
+        headers = self._headers
+        if headers is None:
+            # Decoded on first use only: many handlers never look at most headers.
+            raw = self._raw_headers or ()
+            headers = self._headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+        return headers
 
     def header(self, name: str) -> str | None:
         """Return the value of the first header called ``name`` (any case), else ``None``."""

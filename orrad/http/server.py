@@ -180,8 +180,8 @@ class HTTPServer:
                 else:
                     stream.socket.close()
                 continue
-            # Registered before its task starts, so that a burst of accepts cannot overshoot
-            # max_connections.
+            # trio's SocketStream has already set TCP_NODELAY. The connection is registered
+            # before its task starts, so a burst of accepts cannot overshoot max_connections.
             conn = Connection(stream, shared)
             shared.connections.add(conn)
             nursery.start_soon(conn.run)

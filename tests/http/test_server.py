@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import h11
 import httpx
@@ -60,11 +61,11 @@ def make_router() -> Router:
 async def start(
     nursery: trio.Nursery,
     handler: Router | Callable[[Request], Awaitable[Response]] | None = None,
-    **limits: float,
+    **limits: Any,
 ) -> tuple[HTTPServer, Addr]:
+    """Serve ``handler`` (default: make_router()) on a free port with the given limits."""
     server = HTTPServer(
-        handler if handler is not None else make_router(),
-        limits=ServerLimits(**limits),  # type: ignore[arg-type]
+        handler if handler is not None else make_router(), limits=ServerLimits(**limits)
     )
     addr: Addr = await nursery.start(server.serve, "127.0.0.1:0")
     return server, addr
@@ -689,3 +690,125 @@ async def test_serve_runs_once(nursery: trio.Nursery) -> None:
     server, _ = await start(nursery)
     with pytest.raises(RuntimeError):
         await server.serve("127.0.0.1:0")
+
+
+# -- details ----------------------------------------------------------------------------------
+
+
+async def test_handler_sees_headers_and_extras(nursery: trio.Nursery) -> None:
+    seen: list[Request] = []
+
+    async def look(req: Request) -> Response:
+        seen.append(req)
+        return Response(204, [("x-seen", "1")])
+
+    _, addr = await start(nursery, look)
+    async with httpx.AsyncClient() as client:
+        r = await client.get(
+            url(addr, "/h"), headers={b"X-Token": b"abc", b"X-Latin": "caf\xe9".encode("latin-1")}
+        )
+    assert r.status_code == 204
+    assert "content-length" not in r.headers  # none on a 204
+    assert r.headers["x-seen"] == "1"
+    [req] = seen
+    assert req.header("x-token") == "abc"
+    assert req.header("X-LATIN") == "caf\xe9"
+    assert ("x-token", "abc") in req.headers
+    assert req.headers[0][0] == "host"
+
+
+async def test_not_found_without_body_keeps_connection(nursery: trio.Nursery) -> None:
+    _, addr = await start(nursery)
+    stream = await trio.open_tcp_stream(*addr)
+    client, data = request_bytes("GET", "/missing")
+    await stream.send_all(data)
+    response, _ = await read_response(stream, client)
+    assert response.status_code == 404
+    assert header(response, "connection") is None
+    client.start_next_cycle()
+    data = client.send(h11.Request(method="GET", target="/healthz", headers=[("host", "t")]))
+    await stream.send_all(data + (client.send(h11.EndOfMessage()) or b""))
+    response, _ = await read_response(stream, client)
+    assert response.status_code == 200
+
+
+async def test_method_not_allowed_with_body_is_answered_and_closed(
+    nursery: trio.Nursery,
+) -> None:
+    _, addr = await start(nursery)
+    stream = await trio.open_tcp_stream(*addr)
+    client, data = request_bytes("PUT", "/items/1", body=b"x" * 1000)
+    await stream.send_all(data)
+    response, _ = await read_response(stream, client)
+    assert response.status_code == 405
+    assert header(response, "allow") == "GET, DELETE"
+    assert header(response, "connection") == "close"
+    assert await read_to_eof(stream) == b""
+
+
+async def test_head_route_sends_no_body(nursery: trio.Nursery) -> None:
+    router = Router()
+    router.add("HEAD", "/x", lambda req: _ok_json())
+    _, addr = await start(nursery, router)
+    async with httpx.AsyncClient() as client:
+        r = await client.head(url(addr, "/x"))
+        assert r.status_code == 200
+        assert r.headers["content-length"] == "11"
+        assert r.content == b""
+        assert (await client.get(url(addr, "/x"))).status_code == 405
+
+
+async def _ok_json() -> Response:
+    return json_response(200, {"ok": True})
+
+
+async def test_invalid_response_header_becomes_500(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def bad(req: Request) -> Response:
+        return Response(200, [("x-bad", "line\r\nbreak")], b"hi")
+
+    _, addr = await start(nursery, bad)
+    with caplog.at_level(logging.ERROR, logger="orrad.http.server"):
+        async with httpx.AsyncClient() as client:
+            r = await client.get(url(addr, "/"))
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal"
+    assert "x-bad" not in r.headers
+
+
+async def test_slow_reader_is_dropped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    big = b"x" * (64 * 1024 * 1024)
+
+    async def huge(req: Request) -> Response:
+        return Response(200, [], big)
+
+    server, addr = await start(nursery, huge, send_timeout_s=3)
+    stream = await trio.open_tcp_stream(*addr)
+    await stream.send_all(request_bytes("GET", "/")[1])
+    # Never read: the server's send_all blocks once the socket buffers are full. The mock
+    # clock only moves while every task is blocked, so these sleeps are virtual time.
+    await trio.sleep(2.9)
+    assert server.active_connections == 1
+    await trio.sleep(0.2)
+    assert server.active_connections == 0
+    await stream.aclose()
+
+
+def test_server_header_is_validated() -> None:
+    with pytest.raises(ValueError, match="server_header"):
+        HTTPServer(echo, server_header="bad\r\nx: y")
+
+
+async def test_stop_before_serve() -> None:
+    server = HTTPServer(echo)
+    await server.stop()
+    with pytest.raises(RuntimeError):
+        await server.serve("127.0.0.1:0")
+
+
+async def test_bad_listen_address() -> None:
+    with pytest.raises(ValueError, match="listen address"):
+        await HTTPServer(echo).serve("nonsense")
