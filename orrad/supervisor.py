@@ -188,6 +188,7 @@ class ChannelRunner:
                                     generation=generation)
         self.channel: Channel | None = None
         context.connection_listener = self._connection_changed
+        context.file = file
         self.first_attempt_done = trio.Event()
         self.finished = trio.Event()
         self._cancel_scope = trio.CancelScope()

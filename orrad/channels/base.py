@@ -85,6 +85,7 @@ class ChannelContext:
     db: Database | None = None
     instance: str = "orrad"
     connection_listener: Callable[[bool, str | None], None] | None = None
+    file: str | None = None  # the channel file, for messages that tell the operator what to fix
 
     def report_connection(self, up: bool, reason: str | None = None) -> None:
         if self.connection_listener is not None:

@@ -104,7 +104,7 @@ class DiscordChannel(BaseChannel):
         self.options = options or DiscordOptions()
         self.rules = InboundRules.from_config(config)
         self.source = f"discord:{self.name}"
-        where = f"the channel file of {self.name!r}"
+        where = context.file or f"the channel file of {self.name!r}"
         self.rest = RestClient(config.token, config.api_base, where=where,
                                options=self.options.rest, rng=self.options.rng)
         db = context.db
