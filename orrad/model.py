@@ -179,8 +179,11 @@ class ToolResult(msgspec.Struct, frozen=True):
     is_error: bool = False
 
 
-class Message(msgspec.Struct, omit_defaults=True):
-    """One chat message. Tool results travel in a ``user`` message with empty content."""
+class Message(msgspec.Struct, omit_defaults=True, weakref=True):
+    """One chat message. Tool results travel in a ``user`` message with empty content.
+
+    Weak-referenceable so per-message caches (token counts) can follow an object's life.
+    """
 
     role: Role
     content: str = ""

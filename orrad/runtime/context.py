@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,7 @@ class MessageCounter:
         self._max_entries = max_entries
         self._cache: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._lock = threading.Lock()
+        self._by_identity: dict[int, tuple[weakref.ref[Message], int]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -145,6 +147,21 @@ class MessageCounter:
 
     def count(self, message: Message) -> int:
         """Estimated tokens of ``message`` (orra's formula, see the module docstring)."""
+        # First level: the very same object (sessions stay in memory between runs, so a
+        # long history is mostly objects already counted): one int-keyed lookup.
+        known = self._by_identity.get(id(message))
+        if known is not None and known[0]() is message:
+            return known[1]
+        total = self._count_by_content(message)
+        key = id(message)
+        self._by_identity[key] = (weakref.ref(message, self._forgetter(key)), total)
+        return total
+
+    def _forgetter(self, key: int) -> Callable[[weakref.ref[Message]], None]:
+        # Runs while the message is being freed, before its id can be reused.
+        return lambda _ref: self._by_identity.pop(key, None) and None
+
+    def _count_by_content(self, message: Message) -> int:
         calls = tuple((call.name, _compact_json(call.arguments)) for call in message.tool_calls)
         results = tuple(result.content for result in message.tool_results)
         key = (hash((message.content, calls, results)), len(message.content))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import OrderedDict
 from datetime import datetime
 
 import msgspec
@@ -26,19 +27,46 @@ class SqliteSessionStore:
     """A :class:`~orrad.runtime.sessions.SessionStore` in the daemon's database.
 
     ``save`` writes only the messages the database does not have yet (the runtime only
-    appends), so a turn costs O(new messages), not O(history).
+    appends), so a turn costs O(new messages), not O(history). The most recently used
+    ``cache_size`` sessions also stay decoded in memory (write-through: the cache only ever
+    holds what was committed), so an active conversation is not decoded from the database
+    for every message. This process is the database's only writer, and runs on one
+    namespace are serialised, so the cached object is always current.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_size: int = 1024) -> None:
         self.db = db
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Session] = OrderedDict()
 
     async def load(self, namespace: Namespace) -> Session | None:
-        return await self.db.run(lambda conn: load_session(conn, namespace.key))
+        key = namespace.key
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        session = await self.db.run(lambda conn: load_session(conn, key))
+        if session is not None:
+            self._remember(session)
+        return session
 
     async def save(self, session: Session) -> None:
-        await self.db.run(lambda conn: _save(conn, session))
+        try:
+            await self.db.run(lambda conn: _save(conn, session))
+        except BaseException:
+            # The object may now differ from the database: drop it, reload next time.
+            self._cache.pop(session.namespace, None)
+            raise
+        self._remember(session)
+
+    def _remember(self, session: Session) -> None:
+        self._cache[session.namespace] = session
+        self._cache.move_to_end(session.namespace)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     async def delete(self, namespace: Namespace) -> bool:
+        self._cache.pop(namespace.key, None)
         return await self.db.run(lambda conn: _delete(conn, namespace.key))
 
     async def list(self, prefix: Namespace | None = None) -> list[SessionInfo]:

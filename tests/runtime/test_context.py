@@ -179,23 +179,33 @@ def test_cache_hits_on_equal_content_from_the_store() -> None:
     assert c.hits - hits == len(history)
 
 
-def test_cache_sees_edits_in_place() -> None:
-    c = counter()
+def test_same_object_is_counted_once_and_forgotten_when_gone() -> None:
+    # Messages are treated as immutable once created: the first-level cache is by identity
+    # (sessions stay in memory between runs), the second by content.
+    tokenizer = CountingTokenizer()
+    c = MessageCounter(tokenizer)
     message = Message.user("short")
     assert c.count(message) == 2 + 4
-    message.content = "a much longer message now"
-    assert c.count(message) == 7 + 4
+    tokenizer.texts.clear()
+    hits = c.hits
+    assert c.count(message) == 2 + 4
+    assert tokenizer.texts == [] and c.hits == hits  # identity hit: not even a hash lookup
+    assert len(c._by_identity) == 1
+    del message
+    assert len(c._by_identity) == 0
+    fresh = Message.user("a much longer message now")
+    assert c.count(fresh) == 7 + 4
 
 
 def test_cache_is_bounded() -> None:
     tokenizer = CountingTokenizer()
     c = MessageCounter(tokenizer, max_entries=2)
-    a, b, d = Message.user("a"), Message.user("b"), Message.user("d")
-    c.count_all([a, b, a, d])  # "b" is now the least recently used
+    # fresh objects each time, so the identity level never answers
+    c.count_all([Message.user(t) for t in "abad"])  # "b" is now the least recently used
     tokenizer.texts.clear()
-    c.count_all([a, d])
+    c.count_all([Message.user("a"), Message.user("d")])  # equal content, new objects
     assert tokenizer.texts == []
-    c.count(b)
+    c.count(Message.user("b"))  # evicted from the content cache
     assert tokenizer.texts == ["b"]
 
 
