@@ -244,3 +244,37 @@ async def test_reload_diff_per_file(autojump_clock: MockClock) -> None:
         assert by_file["new-bad.yaml"].state is ChannelState.REJECTED
         assert "drop.yaml" not in by_file
         nursery.cancel_scope.cancel()
+
+
+async def test_stdin_at_end_of_input_is_completed_not_restarted(tmp_path: Any) -> None:
+    import io
+    import os
+
+    from orrad.channels.stdin import StdinChannel
+    from orrad.config import StdinChannelConfig
+
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"one\ntwo\n")
+    os.close(write_fd)
+    output = io.StringIO()
+    starts: list[int] = []
+
+    def factory(config: ChannelConfig, context: ChannelContext) -> StdinChannel:
+        starts.append(1)
+        return StdinChannel(config, context, input=os.fdopen(read_fd, "rb"), output=output)
+
+    router = router_for(ScriptedProvider([reply("first"), reply("second")]))
+    daemon = msgspec.convert({}, DaemonConfig)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        manager = ChannelManager(router, factory, lambda c: ChannelContext(c.name or "?", daemon))
+        await nursery.start(manager.serve)
+        config = StdinChannelConfig(kind="stdin", name="console")
+        await manager.apply({"stdin.yaml": config}, {})
+        with trio.fail_after(5):
+            await manager.runners["stdin.yaml"].finished.wait()
+        assert state(manager, "stdin.yaml") is ChannelState.COMPLETED
+        assert manager.only_completed_stdin()
+        assert output.getvalue() == "first\nsecond\n"  # answered before completing
+        assert starts == [1]
+        nursery.cancel_scope.cancel()
