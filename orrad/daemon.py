@@ -15,6 +15,8 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -27,12 +29,12 @@ from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon_config
-from orrad.errors import ConfigErrors, DaemonError, OrradError
+from orrad.errors import ConfigErrors, DaemonError, OrradError, StoreError
 from orrad.http import HTTPServer
 from orrad.router import Router
 from orrad.runtime.providers.http import make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
-from orrad.state import Database, SqliteSessionStore
+from orrad.state import Database, Inbox, SqliteSessionStore
 from orrad.supervisor import ChannelManager, ChannelState, ChannelStatus, FileResult
 from orrad.systemd import Notifier
 
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
 READY_WAIT_S = 10.0
+# Senders retry for up to about 3 days (Standard Webhooks, GitHub redelivery): keep ids
+# longer than that so a late retry is still recognised.
+INBOX_RETENTION_S = 7 * 86400
+INBOX_PURGE_EVERY_S = 3600.0
 # Keys of the daemon file that only a restart applies (CONTRACT §2.1).
 RESTART_KEYS = ("instance", "state_dir", "api", "routing", "federation")
 
@@ -73,6 +79,7 @@ class Daemon:
         self.api_address: tuple[str, int] | None = None
         self.ready = trio.Event()
         self._stop = trio.Event()
+        self._hard_stop = trio.CancelScope()
         self._client: httpx.AsyncClient | None = None
         self._reload_lock = trio.Lock()
 
@@ -168,6 +175,24 @@ class Daemon:
         self.config = fresh
 
     async def run(self) -> None:
+        """Run until stopped; signals are watched for the daemon's whole life.
+
+        The signal receiver outlives every other part, so a SIGTERM that arrives while the
+        daemon is already shutting down is seen (a second one stops at once) instead of
+        falling back to Python's default handler and killing the process mid-cleanup.
+        """
+        if not self.handle_signals:
+            await self._run()
+            return
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            if _EARLY_SIGNALS:
+                self.request_stop()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._handle_signals, signals)
+                await self._run()
+                nursery.cancel_scope.cancel()
+
+    async def _run(self) -> None:
         await self.db.open()
         try:
             async with make_http_client(self.config.routing.max_concurrency) as client:
@@ -180,6 +205,10 @@ class Daemon:
         log.info("orrad stopped")
 
     async def _run_with(self, client: httpx.AsyncClient) -> None:
+        with self._hard_stop:
+            await self._serve(client)
+
+    async def _serve(self, client: httpx.AsyncClient) -> None:
         agents = build_agents(self.config, store=self.store, tools=self.tools, client=client)
         self.router = Router(agents, max_concurrency=self.config.routing.max_concurrency)
         self.manager = ChannelManager(self.router, self.registry.create, self._make_context)
@@ -187,8 +216,6 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.router.serve)
             await nursery.start(self.manager.serve)
-            if self.handle_signals:
-                await nursery.start(self._handle_signals)
             if self.config.api.listen:
                 api_server = HTTPServer(build_api_router(self), name="api")
                 try:
@@ -208,6 +235,7 @@ class Daemon:
             if self.notifier.watchdog_s:
                 nursery.start_soon(self._watchdog, self.notifier.watchdog_s)
             nursery.start_soon(self._report_status)
+            nursery.start_soon(self._purge_inbox)
             log.info("orrad %s ready (instance %s)", __version__, self.config.instance)
             await self._stop.wait()
             self.notifier.stopping()
@@ -236,6 +264,20 @@ class Daemon:
                 self.notifier.watchdog()
             await trio.sleep(interval)
 
+    async def _purge_inbox(self) -> None:
+        """Forget finished deliveries once no sender would retry them any more."""
+        inbox = Inbox(self.db)
+        while True:
+            try:
+                removed = await inbox.purge(INBOX_RETENTION_S)
+            except StoreError as exc:
+                log.warning("inbox purge failed: %s", exc)
+            else:
+                if removed:
+                    log.info("inbox: forgot %d finished deliveries older than %d days",
+                             removed, INBOX_RETENTION_S // 86400)
+            await trio.sleep(INBOX_PURGE_EVERY_S)
+
     async def _report_status(self) -> None:
         assert self.manager is not None
         last = ""
@@ -256,18 +298,29 @@ class Daemon:
                 return
             await changed.wait()
 
-    async def _handle_signals(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            task_status.started()
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    log.info("SIGHUP: reloading %s", self.config.channels_dir)
-                    await self.reload()
-                else:
-                    log.info("%s: stopping", signal.Signals(signum).name)
-                    self.request_stop()
+    async def _handle_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                if self.manager is None:
+                    continue  # still starting: the channels are about to be read anyway
+                log.info("SIGHUP: reloading %s", self.config.channels_dir)
+                await self.reload()
+            elif self._stop.is_set():
+                log.warning("%s again: stopping now, without waiting for in-flight work",
+                            signal.Signals(signum).name)
+                self._hard_stop.cancel()
+            else:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                self.request_stop()
+
+
+# Set by the process-wide handlers run_daemon installs: a stop signal that arrived before
+# the daemon's own receiver was open (or after it closed, when it is harmless).
+_EARLY_SIGNALS: list[int] = []
+
+
+def _remember_signal(signum: int, frame: FrameType | None) -> None:
+    _EARLY_SIGNALS.append(signum)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -282,6 +335,10 @@ def run_daemon(config: DaemonConfig) -> None:
     Start-up failures (a listener that cannot bind, an unusable state directory) surface as
     :class:`~orrad.errors.DaemonError` with a one-line message, never as a traceback.
     """
+    # Python's default handlers would kill the process if SIGTERM arrived before the
+    # daemon's receiver is open or while trio re-delivers pending signals at exit.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _remember_signal)
     try:
         trio.run(Daemon(config).run)
     except BaseExceptionGroup as group:
@@ -293,3 +350,8 @@ def run_daemon(config: DaemonConfig) -> None:
         raise
     except OSError as exc:
         raise DaemonError(f"cannot start: {exc}") from None
+    finally:
+        # The daemon is done: a stop signal now (e.g. a second SIGTERM) must not kill the
+        # process during interpreter shutdown, which resets handlers to the default.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
