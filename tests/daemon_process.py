@@ -37,6 +37,7 @@ class DaemonProcess:
     def __init__(self, root: Path, *, extra_config: str = "",
                  env: dict[str, str] | None = None) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.channels = root / "channels.d"
         self.channels.mkdir(exist_ok=True)

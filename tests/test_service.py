@@ -193,3 +193,17 @@ async def test_status_reload_send_commands(tmp_path: Path) -> None:
         assert await daemon.stop() == 0
     gone = await trio.to_thread.run_sync(lambda: run_cli("status", config=daemon.config_path))
     assert gone.returncode == 1 and "cannot reach the daemon" in gone.stderr
+
+
+async def test_second_sigterm_never_kills_the_process(tmp_path: Path) -> None:
+    # Regression: a SIGTERM arriving while the daemon already stops (systemd's and the
+    # test harness' habit) used to hit Python's default handler and exit with 143.
+    for delay in (0.0, 0.002, 0.01, 0.05):
+        daemon = DaemonProcess(tmp_path / str(delay))
+        daemon.write_channel("t.yaml", TICKER.format(label="a"))
+        await daemon.start()
+        await daemon.wait_api()
+        daemon.signal(signal.SIGTERM)
+        await trio.sleep(delay)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.stop() == 0, daemon.stderr()
