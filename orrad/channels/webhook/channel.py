@@ -118,8 +118,10 @@ class WebhookChannel(BaseChannel):
             self.address = await nursery.start(self._server.serve, self.cfg.listen)
             log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
                      self.cfg.path)
-            await self._recover()
             task_status.started()
+            # After started(): recovered messages go through receive(), which the
+            # supervisor only starts pumping once the channel is up.
+            await self._recover()
 
     async def aclose(self, *, removed: bool = False) -> None:
         """Refuse new requests and let in-flight ones get their replies (server drain)."""
