@@ -61,3 +61,43 @@ async def test_sigterm_restart_resumes_and_answers_every_message_once(tmp_path: 
         assert sorted(replied_to) == sorted(sent)
         assert set(replied_to.values()) == {1}, "a message was answered twice"
         assert "Traceback" not in daemon.stderr() + restarted.stderr()
+
+
+async def test_kill_9_while_answers_are_pending_then_restart(tmp_path: Path) -> None:
+    import signal
+
+    from tests.fakes.llm import FakeOpenAI
+
+    count = 6
+    async with FakeDiscord(token="kill-token", heartbeat_interval_ms=1000) as fake, \
+            FakeOpenAI() as llm:
+        fake.identify_must_wait_s = 0.01
+        config = (f"providers:\n  llm: {{kind: openai, base_url: '{llm.base_url}', "
+                  "model: m, api_key: k, max_retries: 0}\nagents:\n  main: {provider: llm}\n")
+        channel = f"kind: discord\ntoken: kill-token\napi_base: {fake.api_base}\n"
+        first = DaemonProcess(tmp_path, extra_config=config)
+        first.write_channel("discord.yaml", channel)
+        llm.reply_text("never sent", delay_s=3600, times=count)  # the first process hangs
+        await first.start()
+        sent = []
+        with trio.fail_after(20):
+            await fake.wait_for_identify(1)
+            for i in range(count):
+                message = await fake.dispatch_message(f"q{i}", channel_id=str(300 + i))
+                sent.append(message["id"])
+            while len(llm.requests) < count:  # every message reached the agent
+                await trio.sleep(0.02)
+            first.signal(signal.SIGKILL)
+            assert await first.stop() == -signal.SIGKILL
+            assert fake.messages_posted == []
+
+            llm._script.clear()  # prompt answers from now on
+            second = DaemonProcess(tmp_path, extra_config=config)
+            await second.start()
+            await fake.wait_for_posts(count)
+            await trio.sleep(0.3)  # a duplicate post would show up here
+            assert await second.stop() == 0
+
+    replied_to = Counter(p["message_reference"]["message_id"] for p in fake.messages_posted)
+    assert sorted(replied_to) == sorted(sent)
+    assert set(replied_to.values()) == {1}
