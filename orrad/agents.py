@@ -7,6 +7,7 @@ import os
 import httpx
 
 from orrad.config import DaemonConfig, normalized_base_url
+from orrad.errors import ConfigError
 from orrad.model import Namespace
 from orrad.router import AgentSet
 from orrad.runtime.loop import NamespaceLocks, Runtime, RuntimeConfig
@@ -72,12 +73,17 @@ def build_agents(
     cache_dir = tokenizer_cache_dir(config)
     runtimes: dict[str, Runtime] = {}
     for name, agent in config.agents.items():
+        try:
+            tokenizer = load_tokenizer(agent.tokenizer, cache_dir=cache_dir)
+        except ConfigError as exc:
+            raise ConfigError(f"agents.{name}.tokenizer: {exc.message}",
+                              path=config.path) from None
         runtimes[name] = Runtime(
             providers[agent.provider],
             store,
             tools.subset(agent.tools),
             policies,
-            load_tokenizer(agent.tokenizer, cache_dir=cache_dir),
+            tokenizer,
             RuntimeConfig(
                 system_prompt=agent.system_prompt,
                 model=agent.model,

@@ -32,6 +32,7 @@ from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon
 from orrad.errors import ConfigErrors, DaemonError, OrradError, StoreError
 from orrad.http import HTTPServer
 from orrad.router import Router
+from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
 from orrad.state import Database, Inbox, SqliteSessionStore
@@ -80,6 +81,8 @@ class Daemon:
         self.ready = trio.Event()
         self._stop = trio.Event()
         self._hard_stop = trio.CancelScope()
+        # One lock per namespace for every agent, across reloads (runs and session deletes).
+        self.locks = NamespaceLocks()
         self._client: httpx.AsyncClient | None = None
         self._reload_lock = trio.Lock()
 
@@ -170,8 +173,13 @@ class Daemon:
                 log.warning("daemon file: %s changed; it takes effect after a restart", key)
         live = {k: getattr(self.config, k) for k in RESTART_KEYS}
         fresh = msgspec.structs.replace(fresh, **live)
-        self.router.agents = build_agents(fresh, store=self.store, tools=self.tools,
-                                          client=self._client)
+        try:
+            agents = build_agents(fresh, store=self.store, tools=self.tools,
+                                  client=self._client, locks=self.locks)
+        except OrradError as exc:
+            log.error("%s (daemon file not reloaded)", exc)
+            return
+        self.router.agents = agents
         self.config = fresh
 
     async def run(self) -> None:
@@ -209,7 +217,8 @@ class Daemon:
             await self._serve(client)
 
     async def _serve(self, client: httpx.AsyncClient) -> None:
-        agents = build_agents(self.config, store=self.store, tools=self.tools, client=client)
+        agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
+                              locks=self.locks)
         self.router = Router(agents, max_concurrency=self.config.routing.max_concurrency)
         self.manager = ChannelManager(self.router, self.registry.create, self._make_context)
         api_server: HTTPServer | None = None

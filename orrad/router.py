@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +93,36 @@ class _Job:
 @dataclass
 class _Lane:
     jobs: deque[_Job] = field(default_factory=deque)
+
+
+@asynccontextmanager
+async def best_effort_typing(target: ReplyTarget, metadata: Mapping[str, Any]
+                             ) -> AsyncIterator[None]:
+    """The target's typing indicator, if it works: a failing indicator (a platform hiccup, a
+    plugin bug) is logged and never fails or delays the run it decorates."""
+    try:
+        manager = target.start_typing(metadata)
+        await manager.__aenter__()
+    except Exception as exc:
+        log.warning("typing indicator failed: %s: %s", type(exc).__name__, exc)
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        await _exit_typing(manager, exc)
+        raise
+    else:
+        await _exit_typing(manager, None)
+
+
+async def _exit_typing(manager: AbstractAsyncContextManager[None],
+                       exc: BaseException | None) -> None:
+    try:
+        await manager.__aexit__(type(exc) if exc else None, exc,
+                                exc.__traceback__ if exc else None)
+    except Exception as error:
+        log.warning("typing indicator failed to stop: %s: %s", type(error).__name__, error)
 
 
 class _Waiter:
@@ -192,7 +222,11 @@ class Router:
                 job = lane.jobs[0]
                 try:
                     async with self._limiter:
-                        await self._process(job)
+                        reply = await self._run(job)
+                    # Delivery is outside the limiter: a slow platform (or a callback
+                    # backlog) must not hold run slots other namespaces need. The lane still
+                    # waits for it, so replies of one namespace stay in order.
+                    await self._deliver(job.target, reply)
                 finally:
                     lane.jobs.popleft()
                     self._pending -= 1
@@ -202,29 +236,25 @@ class Router:
         finally:
             del self._lanes[key]
 
-    async def _process(self, job: _Job) -> None:
+    async def _run(self, job: _Job) -> Reply:
+        """Run the agent for ``job``; never raises (failures become an OutboundError)."""
         inbound = job.inbound
-        reply: Reply
-        async with job.target.start_typing(inbound.metadata):
-            started = trio.current_time()
-            try:
-                runtime = self.agents.resolve(job.agent)
+        started = trio.current_time()
+        try:
+            runtime = self.agents.resolve(job.agent)
+            async with best_effort_typing(job.target, inbound.metadata):
                 result = await runtime.run(inbound.namespace, inbound.message)
-                METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
-            except Exception as exc:
-                METRICS.run_errors.inc(error_code(exc))
-                if isinstance(exc, OrradError):
-                    log.warning("run in %s failed: %s", inbound.namespace, exc)
-                else:
-                    log.exception("run in %s crashed", inbound.namespace)
-                reply = OutboundError(
-                    inbound.namespace, describe_error(exc), inbound.metadata, code=error_code(exc)
-                )
+            METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
+        except Exception as exc:
+            METRICS.run_errors.inc(error_code(exc))
+            if isinstance(exc, OrradError):
+                log.warning("run in %s failed: %s", inbound.namespace, exc)
             else:
-                reply = OutboundMessage(
-                    inbound.namespace, result.final_message, result, inbound.metadata
-                )
-            await self._deliver(job.target, reply)
+                log.exception("run in %s crashed", inbound.namespace)
+            return OutboundError(
+                inbound.namespace, describe_error(exc), inbound.metadata, code=error_code(exc)
+            )
+        return OutboundMessage(inbound.namespace, result.final_message, result, inbound.metadata)
 
     async def _deliver(self, target: ReplyTarget, reply: Reply) -> None:
         try:

@@ -131,3 +131,32 @@ async def test_failed_delivery_does_not_stop_the_lane() -> None:
         await router.wait_idle()
         nursery.cancel_scope.cancel()
     assert router.pending == 0
+
+
+class TypingFails(QueueChannel):
+    def start_typing(self, metadata: Any) -> Any:
+        raise RuntimeError("typing API down")
+
+
+class TypingFailsOnExit(QueueChannel):
+    def start_typing(self, metadata: Any) -> Any:
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def broken() -> Any:
+            yield
+            raise RuntimeError("could not stop typing")
+
+        return broken()
+
+
+async def test_a_failing_typing_indicator_never_fails_the_run() -> None:
+    router = Router(agents(a=SlowEcho("a")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        for channel in (TypingFails(), TypingFailsOnExit()):
+            await router.submit(inbound("t:1", "hi"), channel)
+            await router.wait_idle()
+            [reply_] = channel.replies
+            assert isinstance(reply_, OutboundMessage) and reply_.message.content == "a:hi"
+        nursery.cancel_scope.cancel()

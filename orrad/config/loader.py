@@ -502,27 +502,31 @@ def load_channels(
     kinds: Mapping[str, type[ChannelConfig]],
     *,
     environ: Mapping[str, str] | None = None,
+    holders: Mapping[str, str] | None = None,
 ) -> ChannelSet:
     """Load every file of :func:`list_channel_files` (``daemon.channels_dir``).
 
-    Each file is judged alone; a channel name used by an earlier file (in name order)
-    rejects the later file with an error naming the other file and line.
+    Each file is judged alone. When several files use one channel name, the file that
+    already holds it (``holders``: name -> file, from a running daemon) keeps it, else the
+    first in name order; the others are rejected with an error naming that file and line.
     """
     result = ChannelSet()
-    first: dict[str, tuple[str, Document]] = {}
+    loaded: dict[str, list[tuple[str, ChannelConfig, Document]]] = {}
     for path in list_channel_files(daemon.channels_dir):
         try:
             cfg, doc = _load_channel(path, daemon, kinds, environ)
         except ConfigErrors as e:
             result.errors[path] = e
             continue
-        name = cfg.name or ""
-        if name in first:
-            other, other_doc = first[name]
-            line, col = other_doc.mark(("name",))
-            message = f"duplicate channel name {name!r}: also used by {other}:{line}:{col}"
-            result.errors[path] = ConfigErrors([doc.error(("name",), message)])
-            continue
-        first[name] = (path, doc)
-        result.ok[path] = cfg
+        loaded.setdefault(cfg.name or "", []).append((path, cfg, doc))
+    for name, candidates in loaded.items():
+        holder = (holders or {}).get(name)
+        winner = next((c for c in candidates if c[0] == holder), candidates[0])
+        result.ok[winner[0]] = winner[1]
+        line, col = winner[2].mark(("name",))
+        for path, _cfg, doc in candidates:
+            if path != winner[0]:
+                message = (f"duplicate channel name {name!r}: also used by "
+                           f"{winner[0]}:{line}:{col}")
+                result.errors[path] = ConfigErrors([doc.error(("name",), message)])
     return result

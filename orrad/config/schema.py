@@ -346,7 +346,21 @@ class DaemonConfig(_Config, frozen=True, kw_only=True):
             out.append(Problem((*at, "provider"), f"unknown provider {agent.provider!r} "
                                                   f"({_known(self.providers)})"))
         out += _tool_problems((*at, "tools"), agent.tools, known_tools)
+        problem = tokenizer_problem(agent.tokenizer)
+        if problem:
+            out.append(Problem((*at, "tokenizer"), problem))
         return out
+
+
+def tokenizer_problem(name: str) -> str | None:
+    """Why ``name`` can never be a tokenizer, or None (whether its file is cached is only
+    known when it is loaded; orrad never downloads one)."""
+    import tiktoken
+
+    known = {"chars", "cl100k_base", *tiktoken.list_encoding_names()}
+    if name in known:
+        return None
+    return f"unknown tokenizer {name!r} (known: {', '.join(sorted(known))})"
 
 
 def _tool_problems(at: Path, tools: list[str], known: frozenset[str] | None) -> list[Problem]:
