@@ -145,25 +145,30 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                self._reload_daemon_file()
+                await self._reload_daemon_file()
                 return await self._load_channels()
             finally:
                 self.notifier.ready(self.summary())
 
     async def _load_channels(self) -> list[FileResult]:
         assert self.manager is not None
-        channel_set = load_channels(self.config, self.registry.config_types())
+        holders = {runner.name: file for file, runner in self.manager.runners.items()}
+        # File reads and ${file:...} expansion: off the event loop.
+        channel_set = await trio.to_thread.run_sync(
+            lambda: load_channels(self.config, self.registry.config_types(), holders=holders))
         results = await self.manager.apply(channel_set.ok, channel_set.errors)
         for result in results:
             if result.result != "unchanged":
                 log.info("channel file %s: %s", result.file, result.result)
         return results
 
-    def _reload_daemon_file(self) -> None:
+    async def _reload_daemon_file(self) -> None:
         if self.config.path is None or self._client is None or self.router is None:
             return
+        path, client = self.config.path, self._client
         try:
-            fresh = load_daemon_config(self.config.path, known_tools=self.tools.names())
+            fresh = await trio.to_thread.run_sync(
+                lambda: load_daemon_config(path, known_tools=self.tools.names()))
         except ConfigErrors as exc:
             for error in exc.errors:
                 log.error("%s (daemon file not reloaded)", error)
@@ -174,8 +179,9 @@ class Daemon:
         live = {k: getattr(self.config, k) for k in RESTART_KEYS}
         fresh = msgspec.structs.replace(fresh, **live)
         try:
-            agents = build_agents(fresh, store=self.store, tools=self.tools,
-                                  client=self._client, locks=self.locks)
+            # Tokenizer files may be read for the first time: off the event loop too.
+            agents = await trio.to_thread.run_sync(lambda: build_agents(
+                fresh, store=self.store, tools=self.tools, client=client, locks=self.locks))
         except OrradError as exc:
             log.error("%s (daemon file not reloaded)", exc)
             return

@@ -388,3 +388,46 @@ def test_public_listener_without_auth_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigErrors, match=r"hooks.yaml:2:9: .*without auth"):
         load_channel_file(str(tmp_path / "hooks.yaml"), daemon, BUILTIN_CHANNEL_KINDS)
+
+
+async def test_unknown_agent_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    async with webhook(tmp_path, "auth:\n  bearer_token: tok\n") as hook:
+        headers = {"authorization": "Bearer tok", "content-type": "application/json",
+                   "idempotency-key": "fix-me"}
+        wrong = await post(hook.url, body(agent="nosuch"), headers)
+        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "unknown_agent"
+        wrong_meta = await post(hook.url, body(metadata={"agent": "ghost"}), headers)
+        assert wrong_meta.status_code == 400
+        assert await hook.inbox_ids() == []
+        fixed = await post(hook.url, body(agent="DEFAULT"), headers)
+        assert fixed.status_code == 200 and fixed.json()["id"] == "fix-me"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://x:99999/", "http://a b/", "ftp://x/",
+                                 "", "/relative"])
+async def test_bad_callback_urls_are_400(tmp_path: Path, url: str) -> None:
+    async with webhook(tmp_path, "auth:\n  bearer_token: tok\n") as hook:
+        response = await post(hook.url, body(callback_url=url),
+                              {"authorization": "Bearer tok", "content-type": "application/json"})
+        assert response.status_code == 400
+        assert await hook.inbox_ids() == []
+
+
+@pytest.mark.usefixtures("fast_callbacks")
+async def test_callback_of_a_run_that_outlives_a_channel_restart(tmp_path: Path) -> None:
+    async with receiver() as (sink, url), webhook(tmp_path, delay=1.0) as hook:
+        data = body(callback_url=url)
+        accepted = await post(hook.url, data, signed(data, msg_id="survivor"))
+        assert accepted.status_code == 202
+        while not hook.provider.runs:
+            await trio.sleep(0.01)
+        # The channel restarts (its file changed) while the run is still going.
+        manager = hook.daemon.manager
+        assert manager is not None
+        [(file, runner)] = manager.runners.items()
+        changed = msgspec.structs.replace(runner.config, reply_timeout_s=6)
+        [result] = await manager.apply({file: changed}, {})
+        assert result.result == "restarted"
+        with trio.fail_after(5):
+            await sink.arrived.wait()
+        assert [r.header("webhook-id") for r in sink.received] == ["survivor"]

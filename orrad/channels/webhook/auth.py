@@ -90,7 +90,8 @@ class WebhookAuth:
                 offered.append(base64.b64decode(value, validate=True))
             except (binascii.Error, ValueError):
                 continue
-        prefix = f"{msg_id}.{timestamp}.".encode()
+        # The signature covers the header exactly as sent, not our re-formatting of it.
+        prefix = f"{msg_id}.{stamp}.".encode()
         for key in self.keys:
             expected = hmac.new(key, prefix + request.body, hashlib.sha256).digest()
             # compare against every offer, without an early exit on the first match

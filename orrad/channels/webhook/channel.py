@@ -73,6 +73,18 @@ class _Pending:
 # generations: after a crash-restart the new generation must not re-run a message the
 # router is still working on for the old one.
 _RUNNING: dict[str, set[str]] = {}
+# The callback sender of the generation currently serving each source: a reply that an
+# older generation's run produces goes to the live sender, not to a dead one.
+_LIVE_SENDERS: dict[str, CallbackSender] = {}
+
+
+def _valid_callback(raw: str) -> bool:
+    try:
+        url = httpx.URL(raw)
+    except httpx.InvalidURL:
+        return False
+    return (url.scheme in ("http", "https") and bool(url.host) and " " not in raw
+            and (url.port is None or 0 < url.port < 65536))
 
 
 def _error_body(request_id: str, code: str, message: str) -> dict[str, Any]:
@@ -97,7 +109,7 @@ class WebhookChannel(BaseChannel):
         self._running = _RUNNING.setdefault(self.source, set())
         self._pending: dict[str, _Pending] = {}
         self._callback_urls: dict[str, str] = {}
-        self._callbacks: CallbackSender | None = None
+        self._recovered = trio.Event()
         self._server: HTTPServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -110,18 +122,26 @@ class WebhookChannel(BaseChannel):
                               body_timeout_s=BODY_TIMEOUT_S, header_timeout_s=BODY_TIMEOUT_S,
                               keepalive_timeout_s=KEEPALIVE_S)
         self._server = HTTPServer(router, limits=limits, name=f"webhook:{self.name}")
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
-                trio.open_nursery() as nursery:
-            self._callbacks = CallbackSender(client, self.auth, self.inbox, self.source,
-                                             self.name)
-            await nursery.start(self._callbacks.serve)
-            self.address = await nursery.start(self._server.serve, self.cfg.listen)
-            log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
-                     self.cfg.path)
-            task_status.started()
-            # After started(): recovered messages go through receive(), which the
-            # supervisor only starts pumping once the channel is up.
-            await self._recover()
+        callbacks: CallbackSender | None = None
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
+                    trio.open_nursery() as nursery:
+                callbacks = CallbackSender(client, self.auth, self.inbox, self.source,
+                                           self.name)
+                await nursery.start(callbacks.serve)
+                _LIVE_SENDERS[self.source] = callbacks
+                self.address = await nursery.start(self._server.serve, self.cfg.listen)
+                log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
+                         self.cfg.path)
+                task_status.started()
+                # After started(): recovered messages go through receive(), which the
+                # supervisor only starts pumping once the channel is up. New requests wait
+                # for recovery so a namespace's older messages keep their place.
+                await self._recover()
+                self._recovered.set()
+        finally:
+            if callbacks is not None and _LIVE_SENDERS.get(self.source) is callbacks:
+                del _LIVE_SENDERS[self.source]
 
     async def aclose(self, *, removed: bool = False) -> None:
         """Refuse new requests and let in-flight ones get their replies (server drain)."""
@@ -133,14 +153,10 @@ class WebhookChannel(BaseChannel):
         them with an error, per ``routing.rerun_interrupted``) and redeliver callbacks."""
         rerun = self.context.daemon.routing.rerun_interrupted
         for entry in await self.inbox.open_entries(self.source):
-            if entry.delivery_id in self._running:
+            # Answered ones are the callback sender's (it scans the inbox itself).
+            if entry.delivery_id in self._running or entry.state != "received":
                 continue
             callback = entry.payload.get("callback_url")
-            if entry.state == "answered":
-                if callback and self._callbacks is not None and entry.reply is not None:
-                    await self._callbacks.enqueue(entry.delivery_id, callback,
-                                                  entry.reply["body"])
-                continue
             if rerun:
                 log.info("webhook %s: re-running interrupted request %s", self.name,
                          entry.delivery_id)
@@ -167,6 +183,8 @@ class WebhookChannel(BaseChannel):
         if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():
             raise HTTPError(400, "bad_request", "invalid request id")
         namespace = self._namespace(body.namespace)
+        self._check_agent(body.agent if body.agent else body.metadata.get("agent"))
+        await self._recovered.wait()
         payload = {
             "message": body.message,
             "agent": body.agent,
@@ -204,11 +222,19 @@ class WebhookChannel(BaseChannel):
             raise HTTPError(400, "bad_request", f"invalid JSON: {exc}") from None
         if not body.message.strip():
             raise HTTPError(400, "bad_request", "message must not be empty")
-        if body.callback_url is not None:
-            url = httpx.URL(body.callback_url) if body.callback_url else None
-            if url is None or url.scheme not in ("http", "https") or not url.host:
-                raise HTTPError(400, "bad_request", "callback_url must be an http(s) URL")
+        if body.callback_url is not None and not _valid_callback(body.callback_url):
+            raise HTTPError(400, "bad_request", "callback_url must be an http(s) URL")
         return body
+
+    def _check_agent(self, name: Any) -> None:
+        """A request naming an agent that does not exist is refused before anything is
+        stored (a 4xx stores nothing), so a corrected retry with the same id can run."""
+        if name is None:
+            return
+        known = {agent.lower() for agent in self.context.daemon.agents}
+        if not isinstance(name, str) or name.lower() not in known:
+            raise HTTPError(400, "unknown_agent",
+                            f"unknown agent {name!r}; known agents: {', '.join(sorted(known))}")
 
     def _namespace(self, requested: str | None) -> Namespace:
         """Always under the channel's prefix: the request names only the part below it."""
@@ -268,5 +294,6 @@ class WebhookChannel(BaseChannel):
         # gets it on retry. Async ones are delivered when the callback succeeds.
         state: InboxState = "answered" if callback else "delivered"
         await self.inbox.record(self.source, request_id, state, reply)
-        if callback and self._callbacks is not None:
-            await self._callbacks.enqueue(request_id, callback, body)
+        sender = _LIVE_SENDERS.get(self.source)
+        if callback and sender is not None:
+            sender.offer(request_id, callback, body)
