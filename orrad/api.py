@@ -102,10 +102,13 @@ def build_api_router(daemon: Daemon) -> Router:
         return json_response(200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        rejected = set(daemon.manager.rejected_files()) if daemon.manager else set()
         not_ready = [
-            {"name": s.name, "file": s.file, "state": str(s.state)}
+            {"name": s.name, "file": s.file, "state": str(s.state),
+             **({"rejected": True} if s.file in rejected else {})}
             for s in daemon.channel_statuses()
             if s.state not in (ChannelState.RUNNING, ChannelState.COMPLETED)
+            or s.file in rejected
         ]
         if not daemon.ready.is_set() or not_ready:
             return json_response(503, {"status": "not_ready", "channels": not_ready})
@@ -153,7 +156,11 @@ def build_api_router(daemon: Daemon) -> Router:
 
     async def delete_session(request: Request) -> Response:
         namespace = parse_namespace(request.path_params["namespace"])
-        if not await daemon.store.delete(namespace):
+        # Under the namespace's lock: a run in progress finishes (and saves) first, so the
+        # delete is not undone by that run's save.
+        async with daemon.locks.hold(namespace):
+            deleted = await daemon.store.delete(namespace)
+        if not deleted:
             raise HTTPError(404, "not_found", f"no session {namespace.key}")
         return json_response(200, {"namespace": namespace.key, "deleted": True})
 

@@ -187,6 +187,7 @@ class ChannelRunner:
         self.status = ChannelStatus(config.name, config.kind, file, ChannelState.STARTING,
                                     generation=generation)
         self.channel: Channel | None = None
+        self.file_rejected = False
         context.connection_listener = self._connection_changed
         context.file = file
         self.first_attempt_done = trio.Event()
@@ -408,10 +409,15 @@ class ChannelManager:
                 self.rejected[file] = ChannelStatus(name, "?", file, ChannelState.REJECTED,
                                                     last_error=message)
             else:
+                # The last good version keeps running, but the file is still rejected
+                # (``/readyz`` says so until a valid version is loaded).
                 runner.status.last_error = message
+                runner.file_rejected = True
             log.error("%s", message)
             return FileResult(file, "rejected", message)
         self.rejected.pop(file, None)
+        if runner is not None:
+            runner.file_rejected = False
         if config is None or not config.enabled:
             if runner is None:
                 return FileResult(file, "unchanged")
@@ -431,6 +437,10 @@ class ChannelManager:
         """Stop every channel, last started first, each within the grace period."""
         for runner in reversed(list(self.runners.values())):
             await self._stop_runner(runner)
+
+    def rejected_files(self) -> list[str]:
+        """Files whose current version is invalid (running on a last good one, or not)."""
+        return sorted([*self.rejected, *(f for f, r in self.runners.items() if r.file_rejected)])
 
     def statuses(self) -> list[ChannelStatus]:
         items = [r.status for r in self.runners.values()] + list(self.rejected.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 
 __all__ = ["ExpansionError", "expand", "make_expander"]
@@ -27,6 +28,9 @@ _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 class ExpansionError(ValueError):
     """A ``${…}`` reference that cannot be expanded (the message is safe to print)."""
+
+
+MAX_FILE_BYTES = 1024 * 1024
 
 
 def _closing_brace(text: str, start: int) -> int:
@@ -54,8 +58,13 @@ def _read_file(path: str, base_dir: str) -> str:
         raise ExpansionError("empty path in ${file:}")
     full = os.path.join(base_dir, path)
     try:
+        # Regular files only, and small ones: ${file:/dev/zero} must not hang or eat memory.
+        if not stat.S_ISREG(os.stat(full).st_mode):
+            raise ExpansionError(f"cannot read ${{file:{path}}}: not a regular file")
         with open(full, encoding="utf-8") as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ExpansionError(f"${{file:{path}}} is larger than {MAX_FILE_BYTES} bytes")
     except UnicodeDecodeError:
         raise ExpansionError(f"cannot read ${{file:{path}}}: not UTF-8 text") from None
     except OSError as e:
