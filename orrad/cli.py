@@ -184,11 +184,47 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _api_settings_only(path: str | None) -> DaemonConfig:
+    """The daemon file's ``api`` keys alone, for the client commands.
+
+    An operator's shell often lacks the service's secrets (provider keys live in the unit's
+    environment or credentials): ``orrad status`` must not need them. Only ``api.listen``
+    and ``api.token`` are expanded.
+    """
+    import yaml
+
+    from orrad.config import ApiConfig, expand
+
+    defaults = load_daemon_config(None)
+    if path is None:
+        return defaults
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the daemon file: {exc}", path=path) from None
+    api = raw.get("api") if isinstance(raw, dict) else None
+    api = api if isinstance(api, dict) else {}
+    base_dir = os.path.dirname(os.path.abspath(path))
+    values = {}
+    for key, default in (("listen", defaults.api.listen), ("token", defaults.api.token)):
+        value = api.get(key, default)
+        try:
+            values[key] = expand(str(value), environ=os.environ, base_dir=base_dir)
+        except ValueError as exc:
+            raise ConfigError(f"api.{key}: {exc}", path=path) from None
+    return msgspec.structs.replace(defaults, api=ApiConfig(**values))
+
+
 def _client_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import orrad.client as client
 
-        config = _load_config(args)
+        path = find_config_file(args.config)
+        try:
+            config = load_daemon_config(path)
+        except ConfigErrors:
+            config = _api_settings_only(path)
         handler: Callable[[argparse.Namespace, DaemonConfig], int] = getattr(client, f"cmd_{name}")
         return handler(args, config)
 
@@ -216,7 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
-    setup_logging(os.environ.get("ORRAD_LOG_LEVEL", "INFO").upper())
+    level = os.environ.get("ORRAD_LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print(f"orrad: ORRAD_LOG_LEVEL={level!r} is not a level "
+              "(DEBUG, INFO, WARNING, ERROR, CRITICAL); using INFO", file=sys.stderr)
+        level = "INFO"
+    setup_logging(level)
     try:
         return COMMANDS[args.command](args)
     except (ConfigErrors, ConfigError) as exc:

@@ -13,6 +13,8 @@ import httpx
 import trio
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
+# Started and not yet stopped: tests/conftest.py kills what a failing test left behind.
+RUNNING: list[DaemonProcess] = []
 
 
 def free_port() -> int:
@@ -64,6 +66,7 @@ class DaemonProcess:
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr,
             env=self.env, cwd=self.root,
         )
+        RUNNING.append(self)
 
     async def wait_api(self, timeout: float = 15) -> None:
         with trio.fail_after(timeout):
@@ -92,10 +95,21 @@ class DaemonProcess:
         assert self.process is not None
         if self.process.returncode is None:
             self.process.terminate()
-        with trio.fail_after(timeout):
-            code = await self.process.wait()
-        self._stderr.close()
+        try:
+            with trio.fail_after(timeout):
+                code = await self.process.wait()
+        finally:
+            self.kill()
         return code
+
+    def kill(self) -> None:
+        """Make sure the process is gone (SIGKILL if still running) and forget it."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+        if self in RUNNING:
+            RUNNING.remove(self)
+        if not self._stderr.closed:
+            self._stderr.close()
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

@@ -160,3 +160,25 @@ async def test_a_failing_typing_indicator_never_fails_the_run() -> None:
             [reply_] = channel.replies
             assert isinstance(reply_, OutboundMessage) and reply_.message.content == "a:hi"
         nursery.cancel_scope.cancel()
+
+
+class LeakyProvider:
+    name = "leaky"
+    model = None
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        from orrad.errors import ProviderAuthError
+
+        raise ProviderAuthError("HTTP 401: invalid key sk-live-123 for org-acme", status=401)
+
+
+async def test_provider_details_are_logged_not_shown_to_users() -> None:
+    router = Router(AgentSet({"x": Runtime(LeakyProvider(), MemorySessionStore())}, "x"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        result = await router.call(inbound("x:1", "hi"))
+        nursery.cancel_scope.cancel()
+    assert isinstance(result, OutboundError) and result.code == "provider_error"
+    assert result.error == ("provider error: the model provider rejected our credentials "
+                            "(HTTP 401)")
+    assert "sk-live" not in result.error and "org-acme" not in result.error

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import trio
 
-from orrad.errors import ChannelError, OrradError
+from orrad.errors import (
+    ChannelError,
+    ContextLengthExceeded,
+    OrradError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderUnavailable,
+)
 from orrad.model import InboundMessage, OutboundError, OutboundMessage
 
 if TYPE_CHECKING:
@@ -137,10 +145,26 @@ class BaseChannel:
 
 
 def describe_error(exc: BaseException) -> str:
-    """The text a user sees for a failed run: ours verbatim, foreign ones generic."""
+    """The text a user sees for a failed run.
+
+    Provider failures are summarised (kind and HTTP status): a vendor's error body can echo
+    keys, organisation ids or internals, and this text may be posted in a public channel;
+    the full detail is in the log. Our own errors are shown verbatim, foreign ones generic.
+    """
+    if isinstance(exc, ProviderError):
+        status = f" (HTTP {exc.status})" if exc.status else ""
+        return f"provider error: {_PROVIDER_SUMMARY.get(type(exc), 'the model failed')}{status}"
     if isinstance(exc, OrradError):
         return str(exc)
     return f"internal error ({type(exc).__name__})"
+
+
+_PROVIDER_SUMMARY: dict[type[ProviderError], str] = {
+    ProviderAuthError: "the model provider rejected our credentials",
+    ProviderRateLimited: "the model provider is rate limiting us; try again later",
+    ProviderUnavailable: "the model provider is unavailable; try again later",
+    ContextLengthExceeded: "the conversation is too long for the model",
+}
 
 
 class ChannelAdapter:

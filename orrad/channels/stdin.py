@@ -84,7 +84,9 @@ class StdinChannel(BaseChannel):
         self._output.flush()
 
     async def send(self, response: OutboundMessage) -> None:
-        self._write(response.message.content)
+        # In a worker thread: a reader that stops reading (a full pipe) must block only
+        # this reply, never the event loop.
+        await trio.to_thread.run_sync(self._write, response.message.content)
 
     async def send_error(self, error: OutboundError) -> None:
-        self._write(f"error: {error.error}")
+        await trio.to_thread.run_sync(self._write, f"error: {error.error}")

@@ -230,27 +230,31 @@ class _Op(Generic[T]):
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
-    """Worker thread: the whole batch in one transaction, each op in a savepoint."""
+    """Worker thread: the whole batch in one transaction, each op in a savepoint.
+
+    Any SQLite failure of the batch machinery itself (a full disk at COMMIT, an I/O error
+    in a savepoint) fails every operation of the batch with a StoreError and always leaves
+    the connection outside a transaction, so the next batch starts clean.
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
         for op in batch:
-            op.fail(StoreError(str(exc)))
-        return
-    for op in batch:
-        conn.execute("SAVEPOINT op")
-        try:
-            op.value = op.fn(conn)
-        except Exception as exc:
-            conn.execute("ROLLBACK TO op")
-            op.error = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
-        conn.execute("RELEASE op")
-    try:
+            conn.execute("SAVEPOINT op")
+            try:
+                op.value = op.fn(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                op.error = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
+            conn.execute("RELEASE op")
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("state database: rollback failed")
         for op in batch:
-            op.fail(StoreError(f"commit failed: {exc}"))
+            op.fail(StoreError(f"batch failed: {exc}"))
         return
     for op in batch:
         op.finished = True
