@@ -170,14 +170,17 @@ def build_api_router(daemon: Daemon) -> Router:
                         text.encode())
 
     router.add("GET", "/healthz", healthz)
+    router.add("HEAD", "/healthz", healthz)
     router.add("GET", "/readyz", readyz)
+    router.add("HEAD", "/readyz", readyz)
     router.add("GET", "/metrics", metrics)
     router.add("GET", "/v1/status", protected(status))
     router.add("POST", "/v1/reload", protected(reload))
     router.add("POST", "/v1/messages", protected(messages))
     router.add("GET", "/v1/sessions", protected(list_sessions))
-    router.add("GET", "/v1/sessions/{namespace}", protected(get_session))
-    router.add("DELETE", "/v1/sessions/{namespace}", protected(delete_session))
+    # {namespace:path}: an encoded "/" in the key is a bad namespace (400), not a 404.
+    router.add("GET", "/v1/sessions/{namespace:path}", protected(get_session))
+    router.add("DELETE", "/v1/sessions/{namespace:path}", protected(delete_session))
     return router
 
 

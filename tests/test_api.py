@@ -97,3 +97,11 @@ async def test_status_and_metrics(api: httpx.AsyncClient) -> None:
     assert "# TYPE orrad_run_duration_seconds histogram" in metrics
     assert 'orrad_run_duration_seconds_count{agent="main"}' in metrics
     assert "orrad_messages_in_flight 0" in metrics
+
+
+async def test_odd_session_paths(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/v1/sessions/a%2Fb")).status_code == 400
+    assert (await api.get("/v1/sessions/a:..")).status_code == 400
+    assert (await api.get("/v1/sessions/never:seen")).status_code == 404
+    head = await api.head("/healthz", headers={"authorization": ""})
+    assert head.status_code == 200 and head.content == b""
