@@ -245,7 +245,9 @@ class _Converter:
     def leaf(self, tp: Any, data: Any, path: Path) -> Any:
         """msgspec-convert one value; a re-resolved plain scalar may fall back to its text."""
         attempt = unwrap(data)
-        swapped: set[Path] = set()
+        # sub-path -> the error of the typed value, reported if the text fails too (so
+        # `${MC:-0}` for a positive int says ">= 1", not "expected int, got str").
+        swapped: dict[Path, str] = {}
         while True:
             try:
                 return msgspec.convert(attempt, tp)
@@ -253,9 +255,10 @@ class _Converter:
                 message, sub = _parse_error(str(e))
                 node = _get(data, sub)
                 if isinstance(node, Reresolved) and sub not in swapped:
-                    swapped.add(sub)
+                    swapped[sub] = message
                     attempt = _put(attempt, sub, node.text)
                     continue
+                message = swapped.get(sub, message)
                 full = (*path, *sub)
                 raise self.fail(full, f"invalid value for {_display(full)!r}: "
                                       f"{_friendly(message, tp)}") from None

@@ -428,3 +428,11 @@ def test_federation_peer_may_be_remote_agent_target(tmp_path: Path) -> None:
     assert cfg.has_agent("helper@beta")
     assert not cfg.has_agent("helper@gamma")
     assert not cfg.has_agent("@beta")
+
+
+def test_expanded_value_reports_the_typed_problem(tmp_path: Path) -> None:
+    path = tmp_path / "orrad.yaml"
+    path.write_text("routing:\n  max_concurrency: ${MC:-0}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_daemon_config(str(path), environ={})
+    assert str(info.value) == f"{path}:2:20: invalid value for 'max_concurrency': expected int >= 1"
