@@ -223,6 +223,9 @@ class Daemon:
             await self._serve(client)
 
     async def _serve(self, client: httpx.AsyncClient) -> None:
+        if self.config.federation is not None:
+            log.warning("federation is configured but this version does not federate yet: "
+                        "every namespace is served locally and federation.listen is not bound")
         agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
                               locks=self.locks)
         self.router = Router(agents, max_concurrency=self.config.routing.max_concurrency)
