@@ -188,6 +188,7 @@ class ChannelRunner:
                                     generation=generation)
         self.channel: Channel | None = None
         self.file_rejected = False
+        self._early_connection: tuple[bool, str | None] | None = None
         context.connection_listener = self._connection_changed
         context.file = file
         self.first_attempt_done = trio.Event()
@@ -262,6 +263,7 @@ class ChannelRunner:
     async def _run_generation(self) -> BaseException | None:
         """One start of the channel; returns the error that ended it, or None on a clean end."""
         self.status.generation += 1
+        self._early_connection = None
         self._set_state(ChannelState.STARTING, "starting")
         started_at = trio.current_time()
         try:
@@ -270,7 +272,14 @@ class ChannelRunner:
             target = _TrackedTarget(channel, self.name)
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.serve)
-                self._set_state(ChannelState.RUNNING, "connected")
+                early, self._early_connection = self._early_connection, None
+                if early is not None and not early[0]:
+                    # Started without a connection (e.g. the platform is unreachable and the
+                    # channel keeps retrying itself): not running.
+                    self.status.last_error = early[1]
+                    self._set_state(ChannelState.BACKOFF, f"connection down: {early[1]}")
+                else:
+                    self._set_state(ChannelState.RUNNING, "connected")
                 await self._pump(channel, target)
             # Intake is over and serve has returned: answer what is in flight before
             # calling the channel finished.
@@ -293,6 +302,10 @@ class ChannelRunner:
                 raise
 
     def _connection_changed(self, up: bool, reason: str | None) -> None:
+        if self.status.state is ChannelState.STARTING:
+            # Reported before (or while) ``started()`` takes effect: applied right after.
+            self._early_connection = (up, reason)
+            return
         if self.status.state not in (ChannelState.RUNNING, ChannelState.BACKOFF):
             return
         if up and self.status.state is ChannelState.BACKOFF:

@@ -278,3 +278,39 @@ async def test_stdin_at_end_of_input_is_completed_not_restarted(tmp_path: Any) -
         assert output.getvalue() == "first\nsecond\n"  # answered before completing
         assert starts == [1]
         nursery.cancel_scope.cancel()
+
+
+class DownAtStart(FakeChannel):
+    """Starts (so the daemon is not held up) while its platform is unreachable."""
+
+    def __init__(self, config: ChannelConfig, context: ChannelContext) -> None:
+        super().__init__(config, context)
+        self.context = context
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.context.report_connection(False, "gateway unreachable")
+        task_status.started()
+        await trio.sleep(10)
+        self.context.report_connection(True, "connected at last")
+        await trio.sleep_forever()
+
+
+async def test_a_channel_that_starts_disconnected_is_not_running(
+    autojump_clock: MockClock,
+) -> None:
+    FakeChannel.starts = {}
+    router = router_for()
+    daemon = msgspec.convert({}, DaemonConfig)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        manager = ChannelManager(router, DownAtStart,
+                                 lambda c: ChannelContext(c.name or "?", daemon))
+        await nursery.start(manager.serve)
+        await manager.apply({"d.yaml": config("d")}, {})
+        await trio.sleep(1)
+        [status] = manager.statuses()
+        assert status.state is ChannelState.BACKOFF
+        assert status.last_error == "gateway unreachable"
+        await trio.sleep(10)
+        assert manager.statuses()[0].state is ChannelState.RUNNING
+        nursery.cancel_scope.cancel()
