@@ -8,7 +8,14 @@ the gateway's resume point moved past it. An answer is stored in the inbox (stat
 with a nonce derived from (message id, chunk index) so a retried post returns the
 original, and the entry becomes ``delivered`` after the last chunk. When the channel
 starts, it finishes what an earlier run left open: messages claimed but never answered go
-to the agent again, answers stored but not fully posted are posted (the rest of them).
+to the agent again (or, with ``routing.rerun_interrupted: false``, get an "interrupted"
+apology instead), answers stored but not fully posted are posted (the rest of them).
+
+An answer whose post fails for a reason that may pass (Discord's 5xx beyond the REST
+client's retries, a long rate limit, a Cloudflare ban pause, a network outage) stays
+``answered`` in the inbox, and a redelivery task posts it again, with a capped exponential
+backoff, while the channel runs; the deterministic nonces keep that exactly-once. Only a
+refusal of the message itself (403/404 on that channel...) records it ``failed``.
 
 ``serve`` calls ``task_status.started()`` when the first gateway session is ready, or when
 the first connection attempt fails for a reason worth retrying (the channel then reports
@@ -22,6 +29,7 @@ import hashlib
 import logging
 import random
 import secrets
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -41,21 +49,21 @@ from orrad.channels.discord.gateway import (
 )
 from orrad.channels.discord.inbound import InboundRules, intents_for, parse_message_create
 from orrad.channels.discord.rest import RestClient, RestError, RestOptions
-from orrad.channels.discord.split import split_message
+from orrad.channels.discord.split import DISCORD_LIMIT, MAX_CHUNKS, TRUNCATED, split_message
 from orrad.config import ChannelConfig, DiscordChannelConfig
-from orrad.errors import ChannelSendError, FatalChannelError, InvalidNamespace
+from orrad.errors import ChannelSendError, FatalChannelError, InvalidNamespace, StoreError
 from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
 from orrad.state.db import Database
 from orrad.state.inbox import Inbox, InboxEntry
 from orrad.state.kv import KeyValueStore
 
-__all__ = ["DiscordChannel", "DiscordOptions", "reply_nonce"]
+__all__ = ["MAX_CHUNKS", "TRUNCATED", "DiscordChannel", "DiscordOptions", "reply_nonce"]
 
 log = logging.getLogger(__name__)
 
-MAX_CHUNKS = 10
 EMPTY_ANSWER = "(the agent returned an empty answer)"
-TRUNCATED = "… (answer truncated: too long for Discord)"
+INTERRUPTED = ("Sorry, something went wrong: interrupted: the daemon restarted before "
+               "answering this message; please send it again.")
 MAX_ERROR_CHARS = 300
 _DEDUPE_MEMORY = 10_000  # message ids remembered when there is no database
 
@@ -83,6 +91,10 @@ class DiscordOptions:
     rest: RestOptions | None = None
     typing_interval_s: float = 8.0  # Discord's indicator lasts ~10 s
     rng: random.Random | None = None
+    # Redelivery of answers whose post failed: first wait, doubling up to the cap (the cap
+    # is also how often the inbox is checked when nothing failed here).
+    redeliver_initial_s: float = 1.0
+    redeliver_max_s: float = 60.0
 
 
 class DiscordChannel(BaseChannel):
@@ -107,6 +119,7 @@ class DiscordChannel(BaseChannel):
         where = context.file or f"the channel file of {self.name!r}"
         self.rest = RestClient(config.token, config.api_base, where=where,
                                options=self.options.rest, rng=self.options.rng)
+        self.rest.on_ban = self._on_rest_ban
         db = context.db
         self._inbox = Inbox(db) if db is not None else None
         self._in_flight: set[str] = (
@@ -132,6 +145,9 @@ class DiscordChannel(BaseChannel):
         self._replayed = trio.Event()
         self._backlog: list[InboxEntry] = []
         self._typing: dict[str, tuple[int, trio.CancelScope]] = {}
+        self._redeliver = trio.Event()  # set: an answer is waiting to be posted again
+        self._gateway_up = False
+        self._ban_reason: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -149,6 +165,8 @@ class DiscordChannel(BaseChannel):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_fatal)
+                if self._inbox is not None:
+                    nursery.start_soon(self._redeliver_loop, self._inbox)
                 try:
                     await self.gateway.run()
                 except FatalChannelError as exc:
@@ -204,25 +222,51 @@ class DiscordChannel(BaseChannel):
 
     def _on_ready(self, resumed: bool) -> None:
         self._mark_started()
+        self._gateway_up = True
+        if self._ban_reason is not None:
+            # Reading works again, but no answer can be posted: still down.
+            self.context.report_connection(False, self._ban_reason)
+            return
         self.context.report_connection(True, "gateway resumed" if resumed else "gateway ready")
 
     def _on_down(self, reason: str) -> None:
         self._mark_started()
+        self._gateway_up = False
         self.context.report_connection(False, reason)
+
+    def _on_rest_ban(self, duration: float) -> None:
+        """The REST client paused every request for ``duration`` s (Cloudflare ban)."""
+        until = time.strftime("%H:%M", time.localtime(time.time() + duration))
+        self._ban_reason = f"Discord REST banned us (invalid requests); pausing until {until}"
+        self.context.report_connection(False, self._ban_reason)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._ban_over)
+
+    async def _ban_over(self) -> None:
+        await trio.sleep(self.rest.banned_for())
+        if self._ban_reason is None or self.rest.banned_for() > 0:
+            return  # already reported, or a later ban (with its own watcher)
+        self._ban_reason = None
+        log.info("%s: the Discord REST pause is over", self.name)
+        if self._gateway_up:
+            self.context.report_connection(True, "Discord REST ban over")
+        self._redeliver.set()
 
     # -- inbound -------------------------------------------------------------------------
 
-    async def _on_dispatch(self, event: str, data: dict[str, Any]) -> None:
+    async def _on_dispatch(self, event: str, data: dict[str, Any]) -> bool:
+        """Handle one gateway event; true when a message was claimed in the inbox (the
+        gateway then saves its resume point at once)."""
         if event != "MESSAGE_CREATE":
-            return
+            return False
         bot_id = self.gateway.user_id
         if bot_id is None:
             log.warning("%s: MESSAGE_CREATE before the bot's user id is known; ignored",
                         self.name)
-            return
+            return False
         parsed = parse_message_create(data, bot_id=bot_id, rules=self.rules)
         if parsed is None:
-            return
+            return False
         message_id, inbound = parsed.message_id, parsed.inbound
         inbound.metadata["channel"] = self.name
         if self._inbox is not None:
@@ -237,7 +281,7 @@ class DiscordChannel(BaseChannel):
         if not new:
             log.info("%s: message %s seen before; not answering it again", self.name,
                      message_id)
-            return
+            return False
         # Marked before anything can wait, so the backlog replay never takes it too.
         self._in_flight.add(message_id)
         handed = False
@@ -248,6 +292,7 @@ class DiscordChannel(BaseChannel):
         finally:
             if not handed:
                 self._in_flight.discard(message_id)
+        return self._inbox is not None
 
     async def _hand_over(self, message_id: str, inbound: InboundMessage) -> bool:
         """Give ``inbound`` to the router (via :meth:`receive`); False when closing.
@@ -270,6 +315,7 @@ class DiscordChannel(BaseChannel):
 
     async def _replay_backlog(self) -> None:
         """Finish what an earlier run left open (see the module docstring)."""
+        rerun = self.context.daemon.routing.rerun_interrupted
         try:
             backlog, self._backlog = self._backlog, []
             for entry in backlog:
@@ -283,6 +329,16 @@ class DiscordChannel(BaseChannel):
                     assert self._nursery is not None
                     self._nursery.start_soon(self._repost, entry.delivery_id, metadata,
                                              str(entry.reply.get("content", "")))
+                    continue
+                if not rerun:
+                    # routing.rerun_interrupted: false: the user hears it was interrupted.
+                    self._in_flight.add(entry.delivery_id)
+                    log.info("%s: message %s was accepted before a restart and not "
+                             "answered; telling the user (rerun_interrupted is false)",
+                             self.name, entry.delivery_id)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._repost, entry.delivery_id, metadata,
+                                             INTERRUPTED)
                     continue
                 try:
                     namespace = Namespace.parse(entry.namespace)
@@ -300,9 +356,50 @@ class DiscordChannel(BaseChannel):
         try:
             await self._post(metadata, content)
         except ChannelSendError as exc:
-            log.warning("%s: stored answer not delivered: %s", self.name, exc)
+            log.warning("%s: stored answer to message %s not delivered: %s", self.name,
+                        message_id, exc)
+        except Exception:
+            log.exception("%s: stored answer to message %s not delivered", self.name,
+                          message_id)
         finally:
             self._in_flight.discard(message_id)
+
+    async def _redeliver_loop(self, inbox: Inbox) -> None:
+        """Post again the answers whose post failed for a passing reason (module docstring).
+
+        Woken by such a failure; then every pass waits longer (doubling, capped) while
+        something is left. Also looks every ``redeliver_max_s`` anyway, for answers left by
+        an earlier channel generation of this process.
+        """
+        delay = self.options.redeliver_initial_s
+        while self.rest.fatal is None:
+            with trio.move_on_after(self.options.redeliver_max_s):
+                await self._redeliver.wait()
+            await trio.sleep(delay)
+            self._redeliver = trio.Event()  # a failure during this pass sets the new one
+            if self.rest.fatal is not None:
+                return
+            try:
+                await self._redeliver_once(inbox)
+            except StoreError as exc:
+                log.warning("%s: cannot read the inbox to post answers again: %s",
+                            self.name, exc)
+                self._redeliver.set()
+            if self._redeliver.is_set():
+                delay = min(delay * 2, self.options.redeliver_max_s)
+            else:
+                delay = self.options.redeliver_initial_s
+
+    async def _redeliver_once(self, inbox: Inbox) -> None:
+        for entry in await inbox.open_entries(self.source):
+            if (entry.state != "answered" or entry.reply is None
+                    or entry.delivery_id in self._in_flight):
+                continue  # not answered yet, or being posted right now
+            self._in_flight.add(entry.delivery_id)
+            log.info("%s: posting the answer to message %s again", self.name,
+                     entry.delivery_id)
+            await self._repost(entry.delivery_id, dict(entry.payload.get("metadata") or {}),
+                               str(entry.reply.get("content", "")))
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -318,19 +415,19 @@ class DiscordChannel(BaseChannel):
         await self._post(error.metadata, f"Sorry, something went wrong: {text}")
 
     async def _post(self, metadata: Mapping[str, Any], content: str) -> None:
-        channel_id = metadata.get("channel_id")
-        if not isinstance(channel_id, str) or not channel_id:
-            raise ChannelSendError("missing channel_id in metadata")
         message_id = metadata.get("message_id")
         message_id = message_id if isinstance(message_id, str) and message_id else None
-        chunks = split_message(content) or [EMPTY_ANSWER]
-        if len(chunks) > MAX_CHUNKS:
-            log.warning("%s: answer of %d characters needs %d messages; sending %d",
-                        self.name, len(content), len(chunks), MAX_CHUNKS)
-            chunks = [*chunks[: MAX_CHUNKS - 1], TRUNCATED]
         tracked = self._inbox is not None and message_id is not None
         self._sends += 1
+        # Everything in the try: whatever fails, the message id leaves _in_flight (so the
+        # redelivery task, or the next start, can take the answer up again).
         try:
+            channel_id = metadata.get("channel_id")
+            if not isinstance(channel_id, str) or not channel_id:
+                if tracked:
+                    await self._record(message_id, "failed")  # no retry can fix that
+                raise ChannelSendError("missing channel_id in metadata")
+            chunks = self._chunks(content)
             done = await self._begin_answer(message_id, content) if tracked else 0
             if done < 0:
                 return  # this very answer was delivered already
@@ -351,8 +448,16 @@ class DiscordChannel(BaseChannel):
         except RestError as exc:
             if tracked and not exc.retryable:
                 # Discord refused the message itself (permissions, unknown channel...):
-                # posting it again after a restart would fail the same way.
+                # posting it again would fail the same way.
                 await self._record(message_id, "failed")
+            elif tracked:
+                self._redeliver.set()
+            raise
+        except ChannelSendError:
+            raise  # our own refusal (no channel id): nothing a retry changes
+        except Exception:
+            if tracked:
+                self._redeliver.set()
             raise
         finally:
             self._sends -= 1
@@ -360,6 +465,25 @@ class DiscordChannel(BaseChannel):
                 self._in_flight.discard(message_id)
             with trio.move_on_after(2.0, shield=True):
                 await self._release_rest()
+
+    def _chunks(self, content: str) -> list[str]:
+        """The messages ``content`` is posted as (never none; deterministic, so a re-post
+        repeats the same chunks and nonces)."""
+        try:
+            chunks = split_message(content)
+        except Exception:
+            # A bug in splitting must not cost the user the answer: cut it plainly.
+            log.exception("%s: cannot split an answer of %d characters; cutting it plainly",
+                          self.name, len(content))
+            chunks = [c for i in range(0, len(content), DISCORD_LIMIT)
+                      if (c := content[i: i + DISCORD_LIMIT]).strip()]
+            if len(chunks) > MAX_CHUNKS:
+                chunks = [*chunks[: MAX_CHUNKS - 1], TRUNCATED]
+        if len(chunks) == MAX_CHUNKS and chunks[-1] == TRUNCATED:
+            log.warning("%s: answer of %d characters needs more than %d messages; sending "
+                        "%d and a truncation notice", self.name, len(content), MAX_CHUNKS,
+                        MAX_CHUNKS - 1)
+        return chunks or [EMPTY_ANSWER]
 
     async def _begin_answer(self, message_id: str | None, content: str) -> int:
         """Store the answer before posting; return how many chunks are already posted,

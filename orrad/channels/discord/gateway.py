@@ -24,11 +24,24 @@ Reconnects wait a full-jitter exponential backoff that resets once a connection 
 held back while ``session_start_limit.remaining`` is 0: running out of the daily 1000
 resets the bot's token.
 
-Dispatches are handed to ``on_dispatch`` by a separate task, in order, so a slow handler
-never delays reading frames (and thus ACKs). The resume state (session id, resume URL,
-user id and the sequence number of the last dispatch *handled*) is saved through a
-:class:`SessionPersistence` after each dispatch, so a restarted daemon resumes where the
-previous process stopped handling, and the gateway replays the rest.
+Dispatches are handed to ``on_dispatch`` by a separate task, in order, through an
+unbounded queue: the reader never waits for a slow handler, so heartbeat ACKs, op 1, op 7
+and op 9 are always seen in time. The resume state (session id, resume URL, user id, the
+intents and API base it was made with, and the sequence number of the last dispatch
+*handled*) is saved through a :class:`SessionPersistence` right after a dispatch whose
+handler stored something durable (``on_dispatch`` returned true: a claimed message), and
+otherwise at most every ``seq_save_every`` dispatches or ``seq_save_interval_s``, so a
+restarted daemon resumes where the previous process stopped handling, and the gateway
+replays the rest (a replayed event it had already handled is harmless: handling is
+idempotent).
+
+A stored session is only resumed when it was made with the same token, intents and API
+base: a session keeps the intents it was identified with, so a changed ``filter`` needs a
+new one. A resume URL that could not be reached ``max_failed_resumes`` times in a row is
+given up for a fresh identify once ``resume_window_s`` has passed since the last
+established connection (or since the start, for a stored session): by then the session
+is presumably gone anyway, and before then an outage of the gateway (or of our network)
+must not cost a session that may still be resumed.
 """
 
 from __future__ import annotations
@@ -139,6 +152,8 @@ class ResumeState(msgspec.Struct, frozen=True):
     user_id: str | None = None
     username: str | None = None
     token_tag: str | None = None  # which token made the session (a hash, not the token)
+    intents: int | None = None  # the intents the session was identified with
+    api_base: str | None = None  # the REST API base it was discovered through
 
 
 class SessionPersistence(Protocol):
@@ -209,9 +224,13 @@ class GatewayOptions:
     invalid_session_delay_s: tuple[float, float] = (1.0, 5.0)
     min_limit_wait_s: float = 1.0  # never poll /gateway/bot faster while the budget is 0
     max_failed_resumes: int = 3  # then give up on the session and identify
+    resume_window_s: float = 120.0  # how long an unreachable resume URL is tried
     send_limit: tuple[int, float] = (120, 60.0)  # Discord closes 4008 above this
     heartbeat_reserve: int = 3  # sends of that limit only heartbeats may use
-    dispatch_queue_size: int = 1024
+    dispatch_queue_size: int = 1024  # dispatches waiting for the handler: warn above this
+    seq_save_every: int = 100  # save the resume point at least every N handled dispatches
+    seq_save_interval_s: float = 1.0  # ... or this long after the first unsaved one
+    max_message_size: int = 64 * 1024 * 1024  # a big guild's GUILD_CREATE exceeds 1 MiB
 
 
 class _Mode(enum.Enum):
@@ -228,6 +247,7 @@ class _Outcome:
     delay: float | None = None  # fixed wait before reconnecting; None = backoff
     fatal: str | None = None
     established_at: float | None = None  # when READY/RESUMED arrived, if it did
+    unreachable: bool = False  # no Hello: the URL could not be reached or said nothing
 
 
 @dataclass
@@ -290,7 +310,9 @@ def _decode(raw: str | bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-OnDispatch = Callable[[str, dict[str, Any]], Awaitable[None]]
+# Returns true when handling stored something durable (e.g. claimed a message): the resume
+# point is then saved at once.
+OnDispatch = Callable[[str, dict[str, Any]], Awaitable[bool | None]]
 
 
 # -- the client --------------------------------------------------------------------------
@@ -352,9 +374,14 @@ class GatewayClient:
         self.base_url: str | None = None
         self.counters = _Counters()
         self._failed_resumes = 0
+        self._unreachable_resumes = 0
+        self._last_established = 0.0
         self._resume_sent = False
         self._last_identify: float | None = None
         self._saved: ResumeState | None = None
+        self._unsaved: ResumeState | None = None  # handled but not yet saved
+        self._unsaved_count = 0
+        self._unsaved_since = 0.0
         self._scope = trio.CancelScope()
         self._closing = False
         self._close_code = RESUMABLE_CLOSE
@@ -372,8 +399,11 @@ class GatewayClient:
         fatal: FatalChannelError | None = None
         try:
             with self._scope:
+                self._last_established = trio.current_time()
                 await self._load()
-                send, recv = trio.open_memory_channel[_Dispatch](self.options.dispatch_queue_size)
+                # Unbounded: the reader must never wait for the handler (see the module
+                # docstring); _on_dispatch_frame warns when the backlog grows large.
+                send, recv = trio.open_memory_channel[_Dispatch](math.inf)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._consume, recv)
                     try:
@@ -407,7 +437,14 @@ class GatewayClient:
         if code in (1000, 1001):
             self.session_id = self.resume_url = None
             self.seq = None
+            self._unsaved = None
             await self.persistence.clear()
+        else:
+            # Keep what was handled since the last save: the restart resumes from there.
+            try:
+                await self._save_unsaved()
+            except StoreError as exc:
+                log.warning("cannot store the gateway resume point (%s)", exc)
 
     @property
     def identifies(self) -> int:
@@ -431,6 +468,13 @@ class GatewayClient:
             log.info("the stored gateway session belongs to another token; identifying")
             await self.persistence.clear()
             return
+        if state.intents != self.intents or state.api_base != self.rest.api_base:
+            # A resumed session keeps its old intents (a changed `filter` would silently
+            # not get the events it needs), and a session of another API is not ours.
+            log.info("the stored gateway session was made with other intents or another "
+                     "api_base; identifying")
+            await self.persistence.clear()
+            return
         self.session_id, self.resume_url, self.seq = state.session_id, state.resume_url, state.seq
         self.user_id, self.username = state.user_id, state.username
         self._saved = state
@@ -440,22 +484,62 @@ class GatewayClient:
         self.session_id = self.resume_url = None
         self.seq = None
         self._failed_resumes = 0
-        self._saved = None
+        self._unreachable_resumes = 0
+        self._saved = self._unsaved = None
         await self.persistence.clear()
 
     async def _consume(self, recv: trio.MemoryReceiveChannel[_Dispatch]) -> None:
-        async for item in recv:
-            if self.on_dispatch is not None:
-                await self.on_dispatch(item.event, item.data)
-            # Only now is the event handled (durably, when on_dispatch stores it), so
-            # only now may a restarted process skip it on resume.
-            if (item.seq is not None and item.session_id is not None
-                    and item.session_id == self.session_id and self.resume_url is not None):
-                state = ResumeState(item.session_id, self.resume_url, item.seq,
-                                    self.user_id, self.username, self._token_tag)
-                if state != self._saved:
-                    await self.persistence.save(state)
-                    self._saved = state
+        while True:
+            try:
+                if self._unsaved is None:
+                    item = await recv.receive()
+                else:
+                    # Save what was handled once the interval is up, even if nothing else
+                    # arrives.
+                    deadline = self._unsaved_since + self.options.seq_save_interval_s
+                    with trio.move_on_at(deadline) as waited:
+                        item = await recv.receive()
+                    if waited.cancelled_caught:  # nothing received (receive is atomic)
+                        await self._save_unsaved()
+                        continue
+            except trio.EndOfChannel:
+                return
+            await self._handle(item)
+
+    async def _handle(self, item: _Dispatch) -> None:
+        durable = False
+        if self.on_dispatch is not None:
+            try:
+                durable = bool(await self.on_dispatch(item.event, item.data))
+            except StoreError:
+                raise  # the store is broken: restart the channel, do not skip the event
+            except Exception:
+                # A malformed event (or a bug in handling it) must not kill the gateway:
+                # the resume would replay it and die again. Skip it, and move past it.
+                log.exception("gateway event %s (seq %s) could not be handled; skipped",
+                              item.event, item.seq)
+        # Only now is the event handled (durably, when on_dispatch stores it), so only
+        # now may a restarted process skip it on resume.
+        if (item.seq is None or item.session_id is None
+                or item.session_id != self.session_id or self.resume_url is None):
+            return
+        state = ResumeState(item.session_id, self.resume_url, item.seq, self.user_id,
+                            self.username, self._token_tag, self.intents, self.rest.api_base)
+        if state == self._saved:
+            return
+        if self._unsaved is None:
+            self._unsaved_since = trio.current_time()
+        self._unsaved = state
+        self._unsaved_count += 1
+        if durable or self._unsaved_count >= self.options.seq_save_every:
+            await self._save_unsaved()
+
+    async def _save_unsaved(self) -> None:
+        state, self._unsaved = self._unsaved, None
+        self._unsaved_count = 0
+        if state is not None and state != self._saved and state.session_id == self.session_id:
+            await self.persistence.save(state)
+            self._saved = state
 
     def _down(self, reason: str) -> None:
         if self.on_down is not None:
@@ -476,14 +560,26 @@ class GatewayClient:
                             self._failed_resumes)
                 await self._forget_session()
                 resume = False
+            if (resume and self._unreachable_resumes >= self.options.max_failed_resumes
+                    and trio.current_time() - self._last_established
+                    >= self.options.resume_window_s):
+                log.warning("the session's resume URL could not be reached %d times in a "
+                            "row and its resume window has passed; starting a new session",
+                            self._unreachable_resumes)
+                await self._forget_session()
+                resume = False
             if resume:
                 assert self.resume_url is not None
                 self._resume_sent = False
                 outcome = await self._connect_once(self.resume_url, _Mode.RESUME, dispatch)
-                # Only a resume the gateway saw and never confirmed counts: an unreachable
-                # gateway says nothing about the session.
-                if self._resume_sent and outcome.established_at is None and not outcome.forget:
-                    self._failed_resumes += 1
+                # A resume the gateway saw and never confirmed counts against the session;
+                # a resume URL that cannot be reached counts separately (see the module
+                # docstring).
+                if outcome.established_at is None and not outcome.forget:
+                    if self._resume_sent:
+                        self._failed_resumes += 1
+                    elif outcome.unreachable:
+                        self._unreachable_resumes += 1
             else:
                 try:
                     url = await self._prepare_identify()
@@ -495,10 +591,14 @@ class GatewayClient:
                 return
             if outcome.fatal is not None:
                 log.error("%s", outcome.fatal)
+                error = FatalChannelError(outcome.fatal)
+                # Nothing more goes to Discord from this channel, REST included (answers
+                # still being computed fail locally instead of sending the rejected token).
+                self.rest.mark_fatal(error)
                 # The session cannot be used again; the next start (after the operator's
                 # fix) identifies afresh.
                 await self._forget_session()
-                raise FatalChannelError(outcome.fatal)
+                raise error
             if outcome.forget:
                 await self._forget_session()
             now = trio.current_time()
@@ -569,6 +669,7 @@ class GatewayClient:
                 target,
                 connect_timeout=self.options.connect_timeout_s,
                 disconnect_timeout=self.options.close_timeout_s,
+                max_message_size=self.options.max_message_size,
             ) as ws:
                 self._ws = ws
                 try:
@@ -587,7 +688,7 @@ class GatewayClient:
                         await ws.aclose(code)
         except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
             if result is None:
-                return _Outcome(f"cannot connect to the gateway: {exc!r}")
+                return _Outcome(f"cannot connect to the gateway: {exc!r}", unreachable=True)
         assert result is not None
         return result
 
@@ -601,9 +702,12 @@ class GatewayClient:
                 while hello is None:
                     hello = _decode(await ws.get_message())
             if hello is None:
-                return _Outcome(f"no Hello within {self.options.hello_timeout_s:g}s")
+                return _Outcome(f"no Hello within {self.options.hello_timeout_s:g}s",
+                                unreachable=True)
         except ConnectionClosed as exc:
-            return self._closed(exc, live)
+            outcome = self._closed(exc, live)
+            outcome.unreachable = outcome.fatal is None
+            return outcome
         op = hello.get("op")
         if op == 7:
             # A draining node may say Reconnect before (or instead of) Hello.
@@ -692,7 +796,7 @@ class GatewayClient:
                 continue
             op = payload.get("op")
             if op == 0:
-                await self._on_dispatch_frame(payload, live, dispatch)
+                self._on_dispatch_frame(payload, live, dispatch)
             elif op == 11:
                 live.acked = True
             elif op == 1:
@@ -709,7 +813,7 @@ class GatewayClient:
             elif op != 10:
                 log.debug("ignoring gateway op %r", op)
 
-    async def _on_dispatch_frame(
+    def _on_dispatch_frame(
         self, payload: dict[str, Any], live: _Live, dispatch: trio.MemorySendChannel[_Dispatch]
     ) -> None:
         seq, event, data = payload.get("s"), payload.get("t"), payload.get("d")
@@ -726,15 +830,19 @@ class GatewayClient:
         elif event == "RESUMED":
             self._established(live, resumed=True)
         if isinstance(event, str) and isinstance(data, dict):
-            await dispatch.send(_Dispatch(self.session_id, seq, event, data))
-        # Only once the event is queued: had the send been cancelled (a zombie or close
-        # cancels the reader), a resume from this seq would skip an event never handled.
+            # Never blocks (unbounded queue).
+            dispatch.send_nowait(_Dispatch(self.session_id, seq, event, data))
+            waiting = dispatch.statistics().current_buffer_used
+            if waiting == self.options.dispatch_queue_size:
+                log.warning("%d gateway events are waiting for the handler", waiting)
+        # Only once the event is queued: a resume from this seq must not skip an event
+        # that was never going to be handled.
         if seq is not None:
             self.seq = seq
 
     def _established(self, live: _Live, *, resumed: bool) -> None:
-        live.established_at = trio.current_time()
-        self._failed_resumes = 0
+        live.established_at = self._last_established = trio.current_time()
+        self._failed_resumes = self._unreachable_resumes = 0
         log.info("gateway session %s", "resumed" if resumed else "ready")
         if self.on_ready is not None:
             self.on_ready(resumed)

@@ -142,7 +142,8 @@ def parse_message_create(
 ) -> ParsedMessage | None:
     """The message to hand the agent, or ``None`` when the bot should stay silent.
 
-    Skipped: the bot's own messages (every reply comes back as a MESSAGE_CREATE), other
+    A field of an unexpected type makes the message malformed (ignored), never an
+    exception. Skipped: the bot's own messages (every reply comes back as a MESSAGE_CREATE), other
     bots and webhooks (bot-to-bot loops), system messages, authors not in
     ``allowed_users``, messages the ``filter`` excludes (``mentions``: guild messages
     that mention the bot, plus DMs; ``dm``: DMs only; ``all``: everything), and messages
@@ -162,9 +163,11 @@ def parse_message_create(
     assert isinstance(author_id, str)
     if author.get("bot") or author.get("system") or data.get("webhook_id"):
         return None
-    if data.get("type", 0) not in _USER_MESSAGE_TYPES:
+    kind = data.get("type", 0)
+    if not isinstance(kind, int) or isinstance(kind, bool) or kind not in _USER_MESSAGE_TYPES:
         return None
-    username = str(author.get("username") or "")
+    username = author.get("username")
+    username = username if isinstance(username, str) else ""
     if not rules.allows(author_id, username):
         log.debug("ignoring message %s from %s: not in allowed_users", message_id, author_id)
         return None

@@ -7,10 +7,13 @@ Rate limits are learned from the headers of every response, never hard-coded
   hash once a response names it; the limit applies per bucket *and* major parameter
   (channel id), so a busy channel never slows another. Requests on one bucket go one at a
   time, and when ``Remaining`` reaches 0 the next waits ``Reset-After`` seconds, so a 429
-  should not happen at all.
+  should not happen at all. When the hash is learned, the bucket the route used so far is
+  registered under it (requests already queued on it stay in the same line), and a request
+  that waited on a bucket replaced meanwhile moves to the current one.
 - **429**: the body's ``retry_after`` blocks the bucket (``Scope: user``/``shared``) or all
   requests (``global``); the request is then retried. A 429 without a JSON
-  ``retry_after`` is Cloudflare's IP ban: every request stops for a long cool-down.
+  ``retry_after`` is Cloudflare's IP ban: every request stops for a long cool-down
+  (``on_ban`` is told how long).
 - **Global**: at most ``global_per_second`` requests per second, proactively.
 - **Invalid requests** (401, 403, 429 other than ``shared``): Discord bans an IP after
   10,000 in 10 minutes. We count our own and stop well before (``invalid_limit``).
@@ -19,7 +22,8 @@ Rate limits are learned from the headers of every response, never hard-coded
   post twice.
 - **401** (and 403 on token-level routes): the token is wrong; a
   :class:`~orrad.errors.FatalChannelError` is raised now and for every later call, with no
-  further request.
+  further request. The gateway does the same through :meth:`RestClient.mark_fatal` when it
+  is closed with a fatal code (4004 and the like).
 
 A wait longer than ``max_wait_s`` is not waited out: the call fails with
 :class:`RateLimitTooLong`, so a reply is not silently held for an hour.
@@ -30,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +238,8 @@ class RestClient:
         self._invalid: deque[float] = deque()
         self._banned_until = 0.0
         self._fatal: FatalChannelError | None = None
+        # Called with the length of the pause (seconds) when a Cloudflare ban starts.
+        self.on_ban: Callable[[float], None] | None = None
         self.invalid_count = 0  # lifetime total, for logs and tests
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -264,6 +270,16 @@ class RestClient:
     def fatal(self) -> FatalChannelError | None:
         """The fatal error seen so far (a rejected token), if any."""
         return self._fatal
+
+    def mark_fatal(self, error: FatalChannelError) -> None:
+        """Refuse every later call with ``error``, sending nothing (the gateway rejected the
+        token or the configuration for good)."""
+        if self._fatal is None:
+            self._fatal = error
+
+    def banned_for(self) -> float:
+        """Seconds left of a Cloudflare ban pause (0 when none)."""
+        return max(0.0, self._banned_until - trio.current_time())
 
     # -- endpoints ---------------------------------------------------------------------
 
@@ -395,9 +411,14 @@ class RestClient:
         if self._fatal is not None:
             raise self._fatal
         route_key = f"{method} {route}"
-        for _ in range(self.options.max_rate_limit_tries):
+        tries = 0
+        while tries < self.options.max_rate_limit_tries:
             bucket = self._bucket(route_key, major)
             async with bucket.lock:
+                if self._bucket(route_key, major) is not bucket:
+                    continue  # the route moved to another bucket while we waited: join it
+                if self._fatal is not None:
+                    raise self._fatal  # became fatal while this request waited
                 await self._wait_turn(bucket, route_key, best_effort)
                 try:
                     response = await self._http().request(method, path, json=json)
@@ -408,10 +429,16 @@ class RestClient:
                 now = trio.current_time()
                 info = RateLimitInfo.from_headers(response.headers)
                 if info.bucket is not None and self._route_buckets.get(route_key) != info.bucket:
+                    # The route's bucket has a name now. The requests queued behind this
+                    # one wait on this Bucket object: register it under the name, so they
+                    # and the requests to come share one line. (Another route may have
+                    # named the same bucket first: then that one is the line, and the
+                    # waiters here move to it, see above.)
                     self._route_buckets[route_key] = info.bucket
-                    bucket = self._bucket(route_key, major)
+                    bucket = self._buckets.setdefault(f"{info.bucket}:{major}", bucket)
                 bucket.update(info, now)
                 if response.status_code == 429:
+                    tries += 1
                     self._on_429(response, info, bucket, route_key, now, best_effort)
                     continue
             return self._check(response, method, route, major)
@@ -432,6 +459,8 @@ class RestClient:
             log.error("Discord blocked our requests (429 without retry_after, likely a "
                       "Cloudflare IP ban); pausing all REST calls for %gs",
                       self.options.ban_cooldown_s)
+            if self.on_ban is not None:
+                self.on_ban(self.options.ban_cooldown_s)
             raise RateLimitTooLong(f"{route}: blocked by Discord (Cloudflare ban)",
                                    self.options.ban_cooldown_s)
         is_global = info.is_global or (isinstance(body, dict) and bool(body.get("global")))

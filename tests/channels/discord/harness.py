@@ -39,7 +39,7 @@ def fast_options(**gateway: Any) -> DiscordOptions:
         "connect_timeout_s": 2.0, "hello_timeout_s": 1.0, "close_timeout_s": 0.5,
         "backoff_base_s": 0.02, "backoff_max_s": 0.2, "healthy_after_s": 0.5,
         "identify_interval_s": 0.05, "invalid_session_delay_s": (0.01, 0.05),
-        "min_limit_wait_s": 0.05,
+        "min_limit_wait_s": 0.05, "resume_window_s": 1.0,
     }
     knobs.update(gateway)
     return DiscordOptions(
@@ -48,6 +48,8 @@ def fast_options(**gateway: Any) -> DiscordOptions:
                          max_wait_s=5.0),
         typing_interval_s=0.2,
         rng=random.Random(7),
+        redeliver_initial_s=0.05,
+        redeliver_max_s=0.4,
     )
 
 
@@ -109,9 +111,9 @@ class Bot:
 def make_channel(
     fake: FakeDiscord, db: Database | None, *, token: str | None = None,
     options: DiscordOptions | None = None, log: ConnectionLog | None = None,
-    **config: Any,
+    daemon: DaemonConfig | None = None, **config: Any,
 ) -> DiscordChannel:
-    daemon = msgspec.convert({}, DaemonConfig)
+    daemon = daemon or msgspec.convert({}, DaemonConfig)
     context = ChannelContext("bot", daemon, db, connection_listener=log)
     cfg = DiscordChannelConfig(kind="discord", name="bot", token=token or fake.token,
                                api_base=fake.api_base, **config)
@@ -121,11 +123,12 @@ def make_channel(
 @asynccontextmanager
 async def run_bot(
     fake: FakeDiscord, db: Database | None, *, provider: Provider | None = None,
-    options: DiscordOptions | None = None, wait_ready: bool = True, **config: Any,
+    options: DiscordOptions | None = None, wait_ready: bool = True,
+    daemon: DaemonConfig | None = None, **config: Any,
 ) -> AsyncIterator[Bot]:
     """Serve a channel and pump its messages through a router, like the supervisor."""
     log = ConnectionLog()
-    channel = make_channel(fake, db, options=options, log=log, **config)
+    channel = make_channel(fake, db, options=options, log=log, daemon=daemon, **config)
     runtime = Runtime(provider or EchoProvider(), MemorySessionStore())
     router = Router(AgentSet({"default": runtime}, "default"))
     async with trio.open_nursery() as nursery:

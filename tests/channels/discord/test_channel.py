@@ -3,18 +3,26 @@ exactly-once answering across crashes and restarts."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
+import msgspec
+import pytest
 import trio
 
-from orrad.channels.discord.channel import reply_nonce
+from orrad.channels.discord import channel as channel_module
+from orrad.channels.discord.channel import INTERRUPTED, reply_nonce
 from orrad.channels.discord.split import split_message
-from orrad.errors import ProviderError
+from orrad.config import DaemonConfig
+from orrad.errors import ChannelSendError, ProviderError
+from orrad.model import Namespace, OutboundError
 from orrad.state.inbox import Inbox
 from tests.channels.discord.harness import (
     assert_answered_once,
     balanced,
     fake_discord,
+    fast_options,
     open_db,
     replies_to,
     run_bot,
@@ -235,3 +243,126 @@ async def _entry(tmp_path: Path, message_id: str) -> tuple[str, int | None]:
         entry = await Inbox(db).get("discord:bot", message_id)
     assert entry is not None
     return entry.state, (entry.reply or {}).get("sent")
+
+
+# -- review fixes -------------------------------------------------------------------------
+
+
+async def test_answer_whose_post_gave_up_is_posted_again_while_running(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            # Two rounds of the REST client's 4 tries fail: a longer Discord outage.
+            fake.rest_fail_next(503, times=8, route=MESSAGES)
+            mid = await send(fake, "during an outage")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await trio.sleep(0.3)
+            await bot.stop()
+        assert mid not in bot.channel._in_flight
+        statuses = [s for _, s in message_posts(fake)]
+        assert statuses == [503] * 8 + [200]
+        times = [t for t, _ in message_posts(fake)]
+        # The redelivery waited (0.05 s, then 0.1 s) before each new round.
+        assert times[4] - times[3] >= 0.05 and times[8] - times[7] >= 0.1
+        assert_answered_once(fake, [mid])
+        assert await _entry(tmp_path, mid) == ("delivered", 1)
+
+
+async def test_answer_refused_by_discord_is_not_posted_again(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            fake.rest_fail_next(404, route=MESSAGES)
+            mid = await send(fake, "the channel vanished")
+            await until(fake, lambda: len(message_posts(fake)) == 1)
+            await trio.sleep(0.5)  # longer than the redelivery's waits
+            await bot.stop()
+        assert [s for _, s in message_posts(fake)] == [404]
+        assert (await _entry(tmp_path, mid))[0] == "failed"
+
+
+async def test_answer_of_blank_lines_then_text(tmp_path: Path) -> None:
+    provider = ScriptedProvider([reply("\n" * 2000 + "Here is the answer.")])
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db, provider=provider) as bot:
+            mid = await send(fake, "question")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert mid not in bot.channel._in_flight and bot.channel._sends == 0
+        assert posts(fake) == ["Here is the answer."]
+        assert await _entry(tmp_path, mid) == ("delivered", 1)
+
+
+async def test_a_failing_split_still_answers(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(text: str, *args: Any, **kwargs: Any) -> list[str]:
+        raise RuntimeError("a bug in splitting")
+
+    monkeypatch.setattr(channel_module, "split_message", broken)
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            mid = await send(fake, "hi")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert mid not in bot.channel._in_flight
+        assert posts(fake) == ["echo: hi"]
+        assert_answered_once(fake, [mid])
+
+
+async def test_interrupted_message_gets_an_apology_when_rerun_is_off(tmp_path: Path) -> None:
+    stuck = ScriptedProvider([reply("never sent")], delay=60)
+    async with fake_discord() as fake:
+        async with open_db(tmp_path) as db, run_bot(fake, db, provider=stuck) as bot:
+            mid = await send(fake, "in flight")
+            await until(fake, lambda: len(fake.typing_posts) >= 1)  # the agent runs
+            bot.nursery.cancel_scope.cancel()  # the process dies
+        daemon = msgspec.convert({"routing": {"rerun_interrupted": False}}, DaemonConfig)
+        provider = ScriptedProvider([])  # never asked
+        async with (open_db(tmp_path) as db,
+                    run_bot(fake, db, provider=provider, daemon=daemon) as bot):
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await trio.sleep(0.2)
+            await bot.stop()
+        assert provider.requests == []
+        assert posts(fake) == [INTERRUPTED]
+        assert "interrupted" in INTERRUPTED
+        assert_answered_once(fake, [mid])
+        assert await _entry(tmp_path, mid) == ("delivered", 1)
+
+
+async def test_a_post_that_fails_early_releases_the_message(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db, run_bot(fake, db) as bot:
+        channel = bot.channel
+        namespace = Namespace.parse("discord:300:200:500")
+        channel._in_flight.add("4242")
+        with pytest.raises(ChannelSendError, match="channel_id"):
+            await channel.send_error(OutboundError(namespace, "x", {"message_id": "4242"}))
+        assert "4242" not in channel._in_flight and channel._sends == 0
+        # A post cancelled midway (shutdown) releases it too.
+        fake.rest_delay_next(5.0, route=MESSAGES)
+        channel._in_flight.add("4343")
+        with trio.move_on_after(0.2):
+            await channel.send_error(OutboundError(
+                namespace, "x", {"message_id": "4343", "channel_id": "200"}))
+        assert "4343" not in channel._in_flight and channel._sends == 0
+        await bot.stop()
+
+
+async def test_cloudflare_ban_shows_in_status_until_it_ends(tmp_path: Path) -> None:
+    options = fast_options()
+    assert options.rest is not None
+    options.rest.ban_cooldown_s = 0.5
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db, options=options) as bot:
+            fake.rest_fail_next(429, cloudflare=True, route=MESSAGES)
+            mid = await send(fake, "banned")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        events = bot.connection.events
+        banned = [i for i, (up, reason) in enumerate(events)
+                  if not up and "Discord REST banned us" in str(reason)]
+        assert banned, events
+        assert re.fullmatch(r"Discord REST banned us \(invalid requests\); pausing until "
+                            r"\d\d:\d\d", str(events[banned[0]][1]))
+        assert (True, "Discord REST ban over") in events[banned[0]:]
+        (t0, s0), (t1, s1) = message_posts(fake)
+        assert (s0, s1) == (429, 200) and t1 - t0 >= 0.5  # nothing sent during the pause
+        assert_answered_once(fake, [mid])

@@ -6,25 +6,43 @@ never closed with 1000/1001 unless it was removed.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from orrad import MemorySessionStore, Runtime
 from orrad.channels.discord import DiscordChannel
-from orrad.errors import FatalChannelError
+from orrad.channels.discord import channel as channel_module
+from orrad.channels.discord.gateway import (
+    GatewayClient,
+    KVSessionPersistence,
+    MemorySessionPersistence,
+    ResumeState,
+)
+from orrad.channels.discord.inbound import intents_for, parse_message_create
+from orrad.channels.discord.rest import RestClient
+from orrad.errors import FatalChannelError, StoreError
+from orrad.router import AgentSet, Router
 from orrad.state import Database
+from orrad.state.inbox import Inbox
+from orrad.state.kv import KeyValueStore
 from tests.channels.discord.harness import (
     assert_answered_once,
     client_closes,
     fake_discord,
+    fast_options,
     make_channel,
     open_db,
     run_bot,
     until,
 )
 from tests.fakes.discord import FakeDiscord
+from tests.scripted import ScriptedProvider, reply
 
 
 def posts(fake: FakeDiscord) -> list[str]:
@@ -408,3 +426,277 @@ async def test_heartbeat_cadence(tmp_path: Path) -> None:
         times = [f.time for f in fake.gateway_frames("recv", op=1)]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(0.07 <= gap <= 0.2 for gap in gaps), gaps
+
+
+# -- review fixes -------------------------------------------------------------------------
+
+
+def _token_tag(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_changed_filter_identifies_instead_of_resuming(tmp_path: Path) -> None:
+    async with fake_discord() as fake:
+        async with open_db(tmp_path) as db, run_bot(fake, db, filter="dm") as bot:
+            await bot.stop()  # restart (e.g. the file was edited): closed 4000, state kept
+        async with open_db(tmp_path) as db, run_bot(fake, db, filter="mentions") as bot:
+            await until(fake, lambda: fake.identify_count == 2)
+            mid = await send(fake, "a guild message that mentions the bot")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert fake.resumes == []  # the dm-only session would never see guild messages
+        assert [i["intents"] for i in fake.identifies] == [intents_for("dm"),
+                                                           intents_for("mentions")]
+        assert fake.events_filtered == []
+        assert_answered_once(fake, [mid])
+
+
+@pytest.mark.parametrize("change", ["intents", "api_base", "old format"])
+async def test_stored_session_of_other_intents_or_api_base_is_dropped(change: str) -> None:
+    rest = RestClient("tok", "https://discord.test/api/v10")
+    fields: dict[str, Any] = {"intents": 513, "api_base": rest.api_base}
+    if change == "old format":
+        fields = {}
+    else:
+        fields[change] = 1 if change == "intents" else "https://other.test/api/v10"
+    persistence = MemorySessionPersistence(ResumeState("s", "wss://r", 7, "1", "bot",
+                                                       _token_tag("tok"), **fields))
+    gateway = GatewayClient("tok", 513, rest, persistence=persistence)
+    await gateway._load()
+    assert gateway.session_id is None and persistence.state is None
+    same = ResumeState("s", "wss://r", 7, "1", "bot", _token_tag("tok"), 513, rest.api_base)
+    persistence = MemorySessionPersistence(same)
+    gateway = GatewayClient("tok", 513, rest, persistence=persistence)
+    await gateway._load()
+    assert (gateway.session_id, gateway.seq) == ("s", 7)
+
+
+async def test_unreachable_resume_url_is_given_up_for_identify(tmp_path: Path) -> None:
+    dead = f"ws://127.0.0.1:{_free_port()}"
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        await KVSessionPersistence(KeyValueStore(db, "discord:bot")).save(ResumeState(
+            "old-session", dead, 42, fake.bot_user_id, fake.bot_username,
+            _token_tag(fake.token), intents_for("mentions"), fake.api_base))
+        async with run_bot(fake, db, wait_ready=False) as bot:
+            await until(fake, lambda: fake.identify_count == 1)
+            mid = await send(fake, "after the dead resume URL")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert fake.resumes == []
+        downs = [reason for up, reason in bot.connection.events if not up]
+        assert len(downs) >= 3 and all("cannot connect" in str(r) for r in downs)
+        assert bot.channel.gateway.resume_url == fake.resume_gateway_url
+        assert_answered_once(fake, [mid])
+
+
+async def test_unreachable_resume_url_is_kept_within_the_resume_window(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        options = fast_options(resume_window_s=30.0)
+        async with run_bot(fake, db, options=options) as bot:
+            fake.reject_upgrades = 5  # the gateway is down for a while (REST is not)
+            await fake.drop_connection()
+            missed = await send(fake, "during the gateway outage")
+            await until(fake, lambda: fake.resume_count == 1)
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert fake.identify_count == 1
+        assert_answered_once(fake, [missed])
+
+
+async def test_dispatch_larger_than_one_mebibyte(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            guild = {"id": "301", "name": "huge guild",
+                     "channels": [{"id": str(i), "name": "c" * 120} for i in range(9000)]}
+            await fake.dispatch("GUILD_CREATE", guild)
+            mid = await send(fake, "after the big event")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert len(fake.connections) == 1 and client_closes(fake) == [4000]
+        assert_answered_once(fake, [mid])
+
+
+async def test_malformed_message_is_ignored_and_the_next_one_answered(tmp_path: Path) -> None:
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        async with run_bot(fake, db) as bot:
+            await send(fake, "poison", extra={"type": []})
+            good = await send(fake, "a normal question right after")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        assert len(fake.connections) == 1
+        assert_answered_once(fake, [good])
+
+
+async def test_event_whose_handling_fails_is_skipped_not_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = parse_message_create
+    calls: list[str] = []
+
+    def parse(data: dict[str, Any], **kwargs: Any) -> Any:
+        calls.append(str(data.get("content")))
+        if "boom" in str(data.get("content")):
+            raise RuntimeError("a bug in handling this event")
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(channel_module, "parse_message_create", parse)
+    async with fake_discord() as fake:
+        async with open_db(tmp_path) as db, run_bot(fake, db) as bot:
+            await send(fake, "boom")
+            good = await send(fake, "fine")
+            await until(fake, lambda: len(fake.messages_posted) == 1)
+            await bot.stop()
+        async with open_db(tmp_path) as db, run_bot(fake, db) as bot:
+            await until(fake, lambda: fake.resume_count == 1)
+            await trio.sleep(0.2)
+            await bot.stop()
+        assert len([c for c in calls if "boom" in c]) == 1  # not replayed after the restart
+        assert len(fake.connections) == 2 and fake.identify_count == 1
+        assert_answered_once(fake, [good])
+
+
+async def test_store_errors_in_handling_still_stop_the_gateway() -> None:
+    async def on_dispatch(event: str, data: dict[str, Any]) -> bool:
+        if event == "THING":
+            raise StoreError("disk full")
+        return False
+
+    async with fake_discord() as fake:
+        rest = RestClient(fake.token, fake.api_base)
+        options = fast_options().gateway
+        gateway = GatewayClient(fake.token, intents_for("mentions"), rest,
+                                on_dispatch=on_dispatch, options=options)
+        with pytest.raises(BaseExceptionGroup) as info, trio.fail_after(3):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gateway.run)
+                await fake.wait_for_identify()
+                await fake.dispatch("THING", {"n": 1})
+        assert info.group_contains(StoreError)
+        await rest.aclose()
+
+
+async def test_fatal_close_stops_rest_for_answers_still_running(tmp_path: Path) -> None:
+    provider = ScriptedProvider([reply(f"a{i}") for i in range(3)], delay=0.5)
+    async with fake_discord() as fake, open_db(tmp_path) as db:
+        channel = make_channel(fake, db)
+        router = Router(AgentSet({"default": Runtime(provider, MemorySessionStore())},
+                                 "default"))
+        errors: list[FatalChannelError] = []
+
+        async def serve() -> None:
+            try:
+                await channel.serve()
+            except FatalChannelError as exc:
+                errors.append(exc)
+
+        async def pump() -> None:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(serve)
+                while (inbound := await channel.receive()) is not None:
+                    await router.submit(inbound, channel)
+
+        with trio.fail_after(3):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(router.serve)
+                nursery.start_soon(pump)
+                await fake.wait_for_identify()
+                ids = [await send(fake, f"q{i}", channel_id=str(700 + i)) for i in range(3)]
+                await until(fake, lambda: len(provider.requests) == 3)
+                before = len(fake.rest_requests)
+                fake.token = "reset-by-discord"  # the old token is rejected everywhere now
+                await fake.close_connection(4004)
+                await router.wait_idle()  # the answers were computed and sent... or not
+                await trio.sleep(0.3)
+                after = fake.rest_requests[before:]
+                nursery.cancel_scope.cancel()
+        assert len(errors) == 1 and "4004" in str(errors[0])
+        assert after == []  # nothing was sent with the rejected token
+        assert fake.invalid_requests == 0
+        inbox = Inbox(db)
+        for mid in ids:  # still stored: the next start (with a fixed token) posts them
+            entry = await inbox.get("discord:bot", mid)
+            assert entry is not None and entry.state == "answered"
+
+
+async def test_slow_handler_never_stalls_the_reader() -> None:
+    release = trio.Event()
+
+    async def on_dispatch(event: str, data: dict[str, Any]) -> bool:
+        await release.wait()  # the router does not take messages for a while
+        return False
+
+    async with fake_discord() as fake:
+        rest = RestClient(fake.token, fake.api_base)
+        gateway = GatewayClient(fake.token, intents_for("mentions"), rest,
+                                on_dispatch=on_dispatch,
+                                options=fast_options(dispatch_queue_size=1).gateway)
+        with trio.fail_after(3):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gateway.run)
+                await fake.wait_for_identify()
+                for i in range(20):
+                    await fake.dispatch("THING", {"n": i})
+                beats = fake.heartbeat_count
+                await until(fake, lambda: fake.heartbeat_count >= beats + 5)
+                # Every beat was ACKed and seen: no zombie detection, no reconnect.
+                assert len(fake.connections) == 1
+                assert fake.connections[0].closed_at is None
+                await fake.request_heartbeat()  # op 1 answered at once, too
+                await until(fake, lambda: fake.heartbeat_count >= beats + 6, timeout=0.08)
+                release.set()
+                await gateway.close()
+        await rest.aclose()
+
+
+class CountingPersistence(MemorySessionPersistence):
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves: list[ResumeState] = []
+
+    async def save(self, state: ResumeState) -> None:
+        self.saves.append(state)
+        await super().save(state)
+
+
+async def test_resume_point_saved_in_batches_but_at_once_after_a_claim() -> None:
+    async def on_dispatch(event: str, data: dict[str, Any]) -> bool:
+        return event == "CLAIMED"  # a message stored in the inbox
+
+    async with fake_discord() as fake:
+        rest = RestClient(fake.token, fake.api_base)
+        persistence = CountingPersistence()
+        options = fast_options(seq_save_every=10, seq_save_interval_s=0.3).gateway
+        gateway = GatewayClient(fake.token, intents_for("mentions"), rest,
+                                persistence=persistence, on_dispatch=on_dispatch,
+                                options=options)
+        with trio.fail_after(3):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gateway.run)
+                await fake.wait_for_identify()
+                for i in range(25):
+                    await fake.dispatch("THING", {"n": i})
+                claimed = await fake.dispatch("CLAIMED", {"n": 25})
+                await until(fake, lambda: persistence.state is not None
+                            and persistence.state.seq == claimed, timeout=0.2)
+                assert len(persistence.saves) <= 4  # not one per event
+                # Events after that are saved once the interval is up...
+                last = [await fake.dispatch("THING", {"n": n}) for n in range(3)][-1]
+                await trio.sleep(0.1)
+                assert persistence.state is not None and persistence.state.seq == claimed
+                await until(fake, lambda: persistence.state is not None
+                            and persistence.state.seq == last, timeout=0.5)
+                # ... or when the channel stops.
+                last = [await fake.dispatch("THING", {"n": n}) for n in range(3)][-1]
+                await trio.sleep(0.05)
+                await gateway.close()
+        assert persistence.state is not None and persistence.state.seq == last
+        assert persistence.state.intents == intents_for("mentions")
+        assert persistence.state.api_base == rest.api_base
+        await rest.aclose()

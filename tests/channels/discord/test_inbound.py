@@ -171,3 +171,25 @@ def test_malformed_events_are_ignored() -> None:
 def test_namespace_prefix_is_validated_by_config() -> None:
     r = rules(namespace_prefix="discord")
     assert r.namespace_prefix == Namespace("discord")
+
+
+@pytest.mark.parametrize(("patch", "answered"), [
+    ({"type": []}, False), ({"type": {}}, False), ({"type": "0"}, False),
+    ({"type": True}, False), ({"type": 0.0}, False),
+    ({"author": {"id": "500", "username": ["x"]}}, True),
+    ({"mentions": [[], {"id": 1000}, "x"]}, True),  # the content still mentions the bot
+    ({"content": 5}, False), ({"author": "alice"}, False), ({"guild_id": 300}, False),
+    ({"id": 9001}, False), ({"channel_id": None}, False), ({"webhook_id": []}, True),
+])
+def test_fields_of_unexpected_types_never_raise(patch: dict[str, Any], answered: bool) -> None:
+    data = message(f"<@{BOT}> hi", mentions=[BOT])
+    data.update(patch)
+    assert (parse(data) is not None) is answered  # and no exception, whatever the shape
+
+
+def test_unexpected_username_type_is_no_name() -> None:
+    data = message(f"<@{BOT}> hi", mentions=[BOT])
+    data["author"] = {"id": "500", "username": ["x"]}
+    parsed = parse(data)
+    assert parsed is not None and parsed[2]["author_name"] == ""
+    assert parse(data, allowed_users=["['x']"]) is None

@@ -360,3 +360,110 @@ async def test_client_reopens_after_aclose(autojump_clock: MockClock) -> None:
     await post(rest)  # a reply finishing after the channel stopped still goes out
     assert len(server.requests) == 2
     await rest.aclose()
+
+
+# -- review fixes -------------------------------------------------------------------------
+
+
+async def test_learning_the_bucket_hash_keeps_one_line_per_bucket(
+    autojump_clock: MockClock,
+) -> None:
+    # A server bucket of 2 requests per 1 s window; a request beyond that gets a real 429.
+    window = {"start": -10.0, "count": 0}
+    sent: list[float] = []
+    violations: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        now = trio.current_time()
+        if now >= window["start"] + 1.0 - 1e-9:
+            window.update(start=now, count=0)
+        if window["count"] >= 2:
+            violations.append(now)
+            return limited(window["start"] + 1.0 - now)
+        window["count"] += 1
+        sent.append(now)
+        await trio.sleep(0.2)  # the answer (and its headers) takes a while
+        return ok(remaining=2 - int(window["count"]),
+                  reset_after=window["start"] + 1.0 - trio.current_time())
+
+    rest = RestClient("secret-token", "https://discord.test/api/v10",
+                      options=RestOptions(retry_multiplier_s=0.1, retry_max_s=1.0),
+                      transport=httpx.MockTransport(handler))
+    async with trio.open_nursery() as nursery:
+        for i in range(4):  # queued before any response named the bucket
+            nursery.start_soon(post, rest, "200", f"a{i}")
+        await trio.sleep(0.3)  # the first response (with the hash) is back
+        for i in range(4):  # these look the bucket up by its hash
+            nursery.start_soon(post, rest, "200", f"b{i}")
+    assert violations == []
+    assert len(sent) == 8 and rest.invalid_count == 0
+    await rest.aclose()
+
+
+async def test_marked_fatal_client_sends_nothing(autojump_clock: MockClock) -> None:
+    server = Server()
+    rest = client(server)
+    rest.mark_fatal(FatalChannelError("Discord rejected the bot token (4004)"))
+    with pytest.raises(FatalChannelError, match="4004"):
+        await post(rest)
+    with pytest.raises(FatalChannelError):
+        await rest.get_gateway_bot()
+    rest.mark_fatal(FatalChannelError("another"))  # the first reason stays
+    assert "4004" in str(rest.fatal)
+    assert server.requests == []
+    await rest.aclose()
+
+
+async def test_requests_queued_on_a_bucket_fail_once_it_turns_fatal(
+    autojump_clock: MockClock,
+) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(1.0)
+        return ok()
+
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> None:
+        seen.append(request)
+
+    rest = RestClient("secret-token", "https://discord.test/api/v10",
+                      transport=httpx.MockTransport(handler),
+                      options=RestOptions())
+    rest._http().event_hooks["request"] = [_async(record)]
+    errors: list[BaseException] = []
+
+    async def second() -> None:
+        try:
+            await post(rest, nonce="second")
+        except FatalChannelError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(post, rest)
+        await trio.sleep(0.1)
+        nursery.start_soon(second)  # waits for the bucket behind the first
+        await trio.sleep(0.1)
+        rest.mark_fatal(FatalChannelError("gateway said 4004"))
+    assert len(seen) == 1 and len(errors) == 1
+    await rest.aclose()
+
+
+def _async(fn: Callable[[httpx.Request], None]) -> Callable[[httpx.Request], Any]:
+    async def hook(request: httpx.Request) -> None:
+        fn(request)
+
+    return hook
+
+
+async def test_cloudflare_ban_is_reported_with_its_length(autojump_clock: MockClock) -> None:
+    server = Server(lambda r, n: httpx.Response(429, text="<html>1015</html>"))
+    rest = client(server, ban_cooldown_s=1800.0)
+    bans: list[float] = []
+    rest.on_ban = bans.append
+    with pytest.raises(RateLimitTooLong):
+        await post(rest)
+    assert bans == [1800.0]
+    assert rest.banned_for() == pytest.approx(1800.0)
+    await trio.sleep(1800.0)
+    assert rest.banned_for() == 0.0
+    await rest.aclose()
