@@ -331,7 +331,9 @@ class GatewayClient:
 
     :meth:`run` connects and keeps the session alive until :meth:`close`, reconnecting as
     needed; it raises :class:`~orrad.errors.FatalChannelError` for failures a retry cannot
-    fix. Callbacks: ``on_dispatch(event, data)`` (awaited, in order, off the reader),
+    fix. Callbacks: ``on_dispatch(event, data)`` (awaited, in order, off the reader; it
+    returns true when it stored something durable, and an exception other than
+    :class:`~orrad.errors.StoreError` skips the event),
     ``on_ready(resumed)`` when a connection is established (READY or RESUMED),
     ``on_down(reason)`` when a connection is lost or cannot be made. ``where`` names the
     configuration to fix in fatal errors; the token never appears in a message or log.
