@@ -118,7 +118,9 @@ class Daemon:
         states = Counter(str(s.state) for s in self.channel_statuses())
         channels = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
         pending = self.router.pending if self.router else 0
-        return f"channels: {channels}; {pending} message(s) in flight"
+        rejected = len(self.manager.rejected_files()) if self.manager else 0
+        problems = f"; {rejected} channel file(s) rejected" if rejected else ""
+        return f"channels: {channels}{problems}; {pending} message(s) in flight"
 
     def gauge_lines(self) -> list[str]:
         lines = ["# HELP orrad_channel_up 1 when the channel is running",
