@@ -252,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
-    level = os.environ.get("ORRAD_LOG_LEVEL", "INFO").upper()
+    # Chatting on a terminal: only warnings and errors interleave with the conversation.
+    interactive = args.command == "run" and sys.stdin.isatty() and sys.stderr.isatty()
+    level = os.environ.get("ORRAD_LOG_LEVEL", "WARNING" if interactive else "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         print(f"orrad: ORRAD_LOG_LEVEL={level!r} is not a level "
               "(DEBUG, INFO, WARNING, ERROR, CRITICAL); using INFO", file=sys.stderr)

@@ -42,6 +42,7 @@ class StdinChannel(BaseChannel):
         self._interactive = self._isatty(self._input) and self._isatty(self._output)
         self._prompt = config.prompt
         self._lines = 0
+        self._answered = trio.Event()
 
     @staticmethod
     def _isatty(stream: IO[bytes] | IO[str]) -> bool:
@@ -65,12 +66,16 @@ class StdinChannel(BaseChannel):
                 if not text.strip():
                     continue
                 self._lines += 1
+                self._answered = trio.Event()
                 await self.deliver(
                     InboundMessage(
                         self.namespace, Message.user(text),
                         {"channel": self.name, "line": self._lines},
                     )
                 )
+                if self._interactive:
+                    # A conversation on a terminal: the next prompt comes after the answer.
+                    await self._answered.wait()
         finally:
             self.close_intake()
 
@@ -86,7 +91,13 @@ class StdinChannel(BaseChannel):
     async def send(self, response: OutboundMessage) -> None:
         # In a worker thread: a reader that stops reading (a full pipe) must block only
         # this reply, never the event loop.
-        await trio.to_thread.run_sync(self._write, response.message.content)
+        try:
+            await trio.to_thread.run_sync(self._write, response.message.content)
+        finally:
+            self._answered.set()
 
     async def send_error(self, error: OutboundError) -> None:
-        await trio.to_thread.run_sync(self._write, f"error: {error.error}")
+        try:
+            await trio.to_thread.run_sync(self._write, f"error: {error.error}")
+        finally:
+            self._answered.set()
