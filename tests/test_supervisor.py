@@ -314,3 +314,41 @@ async def test_a_channel_that_starts_disconnected_is_not_running(
         await trio.sleep(10)
         assert manager.statuses()[0].state is ChannelState.RUNNING
         nursery.cancel_scope.cancel()
+
+
+async def test_interactive_stdin_prompts_after_each_answer() -> None:
+    import io
+    import os
+
+    from orrad.channels.stdin import StdinChannel
+    from orrad.config import StdinChannelConfig
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    class TerminalInput(io.BufferedReader):
+        def isatty(self) -> bool:
+            return True
+
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"one\ntwo\n")
+    os.close(write_fd)
+    screen = Terminal()
+
+    def factory(config: ChannelConfig, context: ChannelContext) -> StdinChannel:
+        return StdinChannel(config, context, input=TerminalInput(io.FileIO(read_fd)),
+                            output=screen)
+
+    router = router_for(ScriptedProvider([reply("first"), reply("second")], delay=0.05))
+    daemon = msgspec.convert({}, DaemonConfig)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        manager = ChannelManager(router, factory, lambda c: ChannelContext(c.name or "?", daemon))
+        await nursery.start(manager.serve)
+        await manager.apply({"stdin.yaml": StdinChannelConfig(kind="stdin", name="tty")}, {})
+        with trio.fail_after(5):
+            await manager.runners["stdin.yaml"].finished.wait()
+        nursery.cancel_scope.cancel()
+    # each prompt appears only once the previous answer is on screen
+    assert screen.getvalue() == "> first\n> second\n> "
