@@ -56,11 +56,9 @@ import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import msgspec
@@ -68,6 +66,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, wrap_server_stream
 
 from orrad.http import HTTPServer, Request, Response, Router, json_response
+from tests.fakes.background import ServesInBackground
 from tests.fakes.discord_gateway import (
     CLIENT_OPS,
     DIRECT_MESSAGE_TYPING,
@@ -152,7 +151,7 @@ def _default_route_limits() -> dict[str, RouteLimit]:
     }
 
 
-class FakeDiscord:
+class FakeDiscord(ServesInBackground):
     """Fake Discord gateway + REST API for one bot token. Use as ``async with``.
 
     Public state (read it in assertions): :attr:`frames_received`, :attr:`frames_sent`,
@@ -328,7 +327,6 @@ class FakeDiscord:
         self._epoch0 = time.time()
         self._last_snowflake = 0
         self._changed = trio.Event()
-        self._stack: AsyncExitStack | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -346,22 +344,6 @@ class FakeDiscord:
             self.gateway_url = f"ws://127.0.0.1:{gw_port}"
             self.resume_gateway_url = f"ws://127.0.0.1:{resume_port}"
             task_status.started()
-
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(self.serve)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._stack is not None
-        stack, self._stack = self._stack, None
-        return await stack.__aexit__(exc_type, exc, tb)
 
     # -- identity and channels ---------------------------------------------------------------
 

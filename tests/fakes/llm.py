@@ -22,15 +22,14 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import msgspec
 import trio
 
 from orrad.http import HTTPServer, Request, Response, Router, json_response
+from tests.fakes.background import ServesInBackground
 
 __all__ = ["FakeAnthropic", "FakeLLM", "FakeOpenAI", "RecordedRequest", "Step"]
 
@@ -60,7 +59,7 @@ class RecordedRequest:
     rejected: str | None = None
 
 
-class FakeLLM:
+class FakeLLM(ServesInBackground):
     """What both fakes share: script, record, serve. Subclasses supply the wire format."""
 
     path: ClassVar[str]
@@ -74,7 +73,6 @@ class FakeLLM:
         self.origin = ""
         self._script: deque[Step] = deque()
         self._ids = itertools.count(1)
-        self._stack: AsyncExitStack | None = None
 
     # -- serving ------------------------------------------------------------------------
 
@@ -93,22 +91,6 @@ class FakeLLM:
             host, port = await nursery.start(server.serve, "127.0.0.1:0")
             self.origin = f"http://{host}:{port}"
             task_status.started(self.base_url)
-
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            nursery = await stack.enter_async_context(trio.open_nursery())
-            stack.callback(nursery.cancel_scope.cancel)
-            await nursery.start(self.serve)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._stack is not None
-        stack, self._stack = self._stack, None
-        return await stack.__aexit__(exc_type, exc, tb)
 
     # -- scripting ----------------------------------------------------------------------
 
