@@ -5,8 +5,6 @@ Real HTTP on 127.0.0.1; ``autojump_clock`` makes backoff and timeouts virtual.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 import trio
@@ -21,17 +19,11 @@ from orrad.errors import (
 )
 from orrad.model import Message, ToolCall, ToolResult
 from orrad.runtime.provider import CompletionRequest, ToolDefinition
-from orrad.runtime.providers import AnthropicProvider, RetryPolicy, make_http_client
+from orrad.runtime.providers import AnthropicProvider, RetryPolicy
 from tests.fakes.llm import FakeAnthropic
 
 KEY = "sk-ant-api03-secret-0123456789"
 HELLO = CompletionRequest([Message.system("be brief"), Message.user("hi")])
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_http_client(8) as c:
-        yield c
 
 
 @pytest.fixture

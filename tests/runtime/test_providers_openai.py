@@ -7,7 +7,6 @@ request timestamps the fake records are virtual seconds.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -24,18 +23,12 @@ from orrad.errors import (
 )
 from orrad.model import Message, ToolCall, ToolResult
 from orrad.runtime.provider import CompletionRequest, ToolDefinition
-from orrad.runtime.providers import OpenAIProvider, RetryPolicy, make_http_client
+from orrad.runtime.providers import OpenAIProvider, RetryPolicy
 from orrad.runtime.providers.retry import ErrorDetail, error_for_status, parse_retry_after
 from tests.fakes.llm import FakeOpenAI
 
 KEY = "sk-test-0123456789abcdef"
 HELLO = CompletionRequest([Message.system("be brief"), Message.user("hi")])
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_http_client(8) as c:
-        yield c
 
 
 @pytest.fixture
