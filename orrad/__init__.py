@@ -5,9 +5,8 @@ The names below are the Python API for plugin authors and embedders (CONTRACT §
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from orrad.channels.base import BaseChannel, Channel, ChannelAdapter, ChannelContext
+from orrad.adapter import ChannelAdapter
+from orrad.channels.base import BaseChannel, Channel, ChannelContext
 from orrad.errors import (
     ChannelError,
     ConfigError,
@@ -24,6 +23,8 @@ from orrad.model import (
     Namespace,
     OutboundError,
     OutboundMessage,
+    Receipt,
+    RunSummary,
     ToolCall,
     ToolResult,
     Usage,
@@ -38,6 +39,7 @@ from orrad.runtime.provider import (
 )
 from orrad.runtime.sessions import MemorySessionStore, Session, SessionStore
 from orrad.runtime.tools import Tool, ToolRegistry
+from orrad.version import __version__
 
 __all__ = [
     "BaseChannel",
@@ -59,7 +61,9 @@ __all__ = [
     "PolicyRegistry",
     "Provider",
     "ProviderError",
+    "Receipt",
     "RunResult",
+    "RunSummary",
     "Runtime",
     "RuntimeConfig",
     "Session",

@@ -8,40 +8,62 @@ sessions and metrics, served by orrad's own HTTP server.
 from __future__ import annotations
 
 import hmac
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
-from orrad.errors import InvalidNamespace
+from orrad.delivery import Reply, reply_body, status_for_code
+from orrad.errors import InvalidNamespace, StoreError
 from orrad.http import HTTPError, Request, Response, Router, json_response
 from orrad.metrics import METRICS
 from orrad.model import InboundMessage, Message, Namespace, OutboundMessage
-from orrad.supervisor import ChannelState
+from orrad.runtime.sessions import SessionStore
 
-if TYPE_CHECKING:
-    from orrad.daemon import Daemon
-
-__all__ = ["STATUS_FOR_CODE", "build_api_router", "reply_body"]
+__all__ = ["DaemonView", "build_api_router"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-# HTTP status for each OutboundError code (shared with the webhook channel).
-STATUS_FOR_CODE = {
-    "unknown_agent": 400,
-    "bad_request": 400,
-    "provider_error": 502,
-    "max_turns_exceeded": 502,
-    "agent_error": 502,
-    "unavailable": 503,
-    "timeout": 504,
-    "loop_detected": 508,
-    "internal": 502,
-}
 API_REPLY_TIMEOUT_S = 600.0
+MAX_ID_LENGTH = 256
+
+
+class FileOutcome(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class DaemonView(Protocol):
+    """What the API needs of the daemon (and nothing more)."""
+
+    @property
+    def instance(self) -> str: ...
+
+    @property
+    def api_token(self) -> str: ...
+
+    @property
+    def store(self) -> SessionStore: ...
+
+    def status_json(self) -> dict[str, Any]: ...
+
+    def not_ready(self) -> list[dict[str, Any]]:
+        """Why the daemon is not ready (empty when it is)."""
+        ...
+
+    async def reload(self) -> Sequence[FileOutcome]: ...
+
+    async def call(self, inbound: InboundMessage) -> Reply:
+        """Run ``inbound`` through the pipeline (source ``api``) and return its reply."""
+        ...
+
+    def hold_namespace(self, namespace: Namespace) -> AbstractAsyncContextManager[None]:
+        """Wait for the namespace's run in progress, and keep new ones out meanwhile."""
+        ...
+
+    def gauge_lines(self) -> list[str]: ...
 
 
 class MessageRequest(msgspec.Struct):
@@ -69,20 +91,9 @@ def parse_namespace(key: str) -> Namespace:
         raise HTTPError(400, "bad_request", str(exc)) from None
 
 
-def reply_body(reply: OutboundMessage, request_id: str, instance: str) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "message": reply.message.content,
-        "namespace": reply.namespace.key,
-        "agent": reply.run_result.agent,
-        "instance": instance,
-        "usage": reply.run_result.total_usage.to_json(),
-    }
-
-
-def build_api_router(daemon: Daemon) -> Router:
+def build_api_router(daemon: DaemonView) -> Router:
     router = Router()
-    token = daemon.config.api.token
+    token = daemon.api_token
 
     def protected(handler: Handler) -> Handler:
         if not token:
@@ -102,15 +113,8 @@ def build_api_router(daemon: Daemon) -> Router:
         return json_response(200, {"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        rejected = set(daemon.manager.rejected_files()) if daemon.manager else set()
-        not_ready = [
-            {"name": s.name, "file": s.file, "state": str(s.state),
-             **({"rejected": True} if s.file in rejected else {})}
-            for s in daemon.channel_statuses()
-            if s.state not in (ChannelState.RUNNING, ChannelState.COMPLETED)
-            or s.file in rejected
-        ]
-        if not daemon.ready.is_set() or not_ready:
+        not_ready = daemon.not_ready()
+        if not_ready:
             return json_response(503, {"status": "not_ready", "channels": not_ready})
         return json_response(200, {"status": "ready"})
 
@@ -125,18 +129,24 @@ def build_api_router(daemon: Daemon) -> Router:
         body: MessageRequest = decode_body(request, MessageRequest)
         if not body.message.strip():
             raise HTTPError(400, "bad_request", "message must not be empty")
+        request_id = request.header("idempotency-key") or str(uuid.uuid4())
+        if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():
+            raise HTTPError(400, "bad_request", "invalid Idempotency-Key")
         namespace = parse_namespace(body.namespace or f"api:{uuid.uuid4()}")
         metadata = dict(body.metadata)
         if body.agent:
             metadata["agent"] = body.agent
-        inbound = InboundMessage(namespace, Message.user(body.message), metadata)
-        router = daemon.require_router()
+        inbound = InboundMessage(namespace, Message.user(body.message), metadata,
+                                 delivery_id=request_id)
         with trio.move_on_after(API_REPLY_TIMEOUT_S):
-            reply = await router.call(inbound)
+            try:
+                reply = await daemon.call(inbound)
+            except StoreError:
+                raise HTTPError(503, "unavailable",
+                                "the state store is unavailable; retry later") from None
             if isinstance(reply, OutboundMessage):
-                return json_response(200, reply_body(reply, str(uuid.uuid4()),
-                                                     daemon.config.instance))
-            raise HTTPError(STATUS_FOR_CODE.get(reply.code, 502), reply.code, reply.error)
+                return json_response(200, reply_body(reply, request_id, daemon.instance))
+            raise HTTPError(status_for_code(reply.code), reply.code, reply.error)
         raise HTTPError(504, "timeout", f"no reply within {API_REPLY_TIMEOUT_S:g}s")
 
     async def list_sessions(request: Request) -> Response:
@@ -158,7 +168,7 @@ def build_api_router(daemon: Daemon) -> Router:
         namespace = parse_namespace(request.path_params["namespace"])
         # Under the namespace's lock: a run in progress finishes (and saves) first, so the
         # delete is not undone by that run's save.
-        async with daemon.locks.hold(namespace):
+        async with daemon.hold_namespace(namespace):
             deleted = await daemon.store.delete(namespace)
         if not deleted:
             raise HTTPError(404, "not_found", f"no session {namespace.key}")
@@ -182,7 +192,3 @@ def build_api_router(daemon: Daemon) -> Router:
     router.add("GET", "/v1/sessions/{namespace:path}", protected(get_session))
     router.add("DELETE", "/v1/sessions/{namespace:path}", protected(delete_session))
     return router
-
-
-def uptime(started_at: float) -> float:
-    return round(time.time() - started_at, 3)

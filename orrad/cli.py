@@ -16,7 +16,6 @@ from typing import Any
 
 import msgspec
 
-from orrad import __version__
 from orrad.config import (
     DaemonConfig,
     find_config_file,
@@ -26,6 +25,7 @@ from orrad.config import (
 from orrad.errors import ConfigError, ConfigErrors, InvalidNamespace, OrradError, StoreError
 from orrad.logs import setup_logging
 from orrad.model import Message, Namespace
+from orrad.version import __version__
 
 __all__ = ["main"]
 

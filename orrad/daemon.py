@@ -16,6 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from types import FrameType
 from typing import Any
 
@@ -23,21 +24,23 @@ import httpx
 import msgspec
 import trio
 
-from orrad import __version__
 from orrad.agents import build_agents
 from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon_config
+from orrad.delivery import Reply
 from orrad.errors import ConfigErrors, DaemonError, OrradError, StoreError
 from orrad.http import HTTPServer
-from orrad.router import Router
+from orrad.model import InboundMessage, Namespace
+from orrad.router import Discard, Router
 from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
-from orrad.state import Database, Inbox, SqliteSessionStore
+from orrad.state import Database, Ledger, SqliteSessionStore
 from orrad.supervisor import ChannelManager, ChannelState, ChannelStatus, FileResult
 from orrad.systemd import Notifier
+from orrad.version import __version__
 
 __all__ = ["Daemon", "run_daemon"]
 
@@ -47,8 +50,9 @@ SHUTDOWN_GRACE_S = 10.0
 READY_WAIT_S = 10.0
 # Senders retry for up to about 3 days (Standard Webhooks, GitHub redelivery): keep ids
 # longer than that so a late retry is still recognised.
-INBOX_RETENTION_S = 7 * 86400
-INBOX_PURGE_EVERY_S = 3600.0
+LEDGER_RETENTION_S = 7 * 86400
+LEDGER_PURGE_EVERY_S = 3600.0
+API_SOURCE = "api"
 # Keys of the daemon file that only a restart applies (CONTRACT §2.1).
 RESTART_KEYS = ("instance", "state_dir", "api", "routing", "federation")
 
@@ -75,6 +79,7 @@ class Daemon:
         self.started_at = time.time()
         self.db = Database.in_state_dir(config.state_dir)
         self.store = SqliteSessionStore(self.db)
+        self.ledger = Ledger(self.db)
         self.router: Router | None = None
         self.manager: ChannelManager | None = None
         self.api_address: tuple[str, int] | None = None
@@ -86,11 +91,41 @@ class Daemon:
         self._client: httpx.AsyncClient | None = None
         self._reload_lock = trio.Lock()
 
-    # -- views used by the API -----------------------------------------------------------
+    # -- the view the API uses (orrad.api.DaemonView) ----------------------------------
+
+    @property
+    def instance(self) -> str:
+        return self.config.instance
+
+    @property
+    def api_token(self) -> str:
+        return self.config.api.token
 
     def require_router(self) -> Router:
         assert self.router is not None, "daemon is not running"
         return self.router
+
+    async def call(self, inbound: InboundMessage) -> Reply:
+        return await self.require_router().call(inbound, source=API_SOURCE)
+
+    def hold_namespace(self, namespace: Namespace) -> AbstractAsyncContextManager[None]:
+        return self.locks.hold(namespace)
+
+    def not_ready(self) -> list[dict[str, Any]]:
+        rejected = set(self.manager.rejected_files()) if self.manager else set()
+        items: list[dict[str, Any]] = [
+            {"name": s.name, "file": s.file, "state": str(s.state),
+             **({"rejected": True} if s.file in rejected else {})}
+            for s in self.channel_statuses()
+            if s.state not in (ChannelState.RUNNING, ChannelState.COMPLETED)
+            or s.file in rejected
+        ]
+        if self.router is not None and self.router.store_error is not None:
+            items.append({"name": "state store", "state": "unavailable",
+                          "last_error": self.router.store_error})
+        elif not self.ready.is_set():
+            items.append({"name": "daemon", "state": "starting"})
+        return items
 
     def channel_statuses(self) -> list[ChannelStatus]:
         return self.manager.statuses() if self.manager else []
@@ -140,7 +175,8 @@ class Daemon:
 
     def _make_context(self, config: ChannelConfig) -> ChannelContext:
         assert config.name is not None
-        return ChannelContext(config.name, self.config, self.db, self.config.instance)
+        return ChannelContext(config.name, self.config, self.db, self.config.instance,
+                              agents=lambda: list(self.config.agents))
 
     async def reload(self) -> list[FileResult]:
         """Re-read the daemon file (agents, providers, policies) and ``channels_dir``."""
@@ -230,11 +266,18 @@ class Daemon:
                         "every namespace is served locally and federation.listen is not bound")
         agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
                               locks=self.locks)
-        self.router = Router(agents, max_concurrency=self.config.routing.max_concurrency)
-        self.manager = ChannelManager(self.router, self.registry.create, self._make_context)
+        self.router = Router(agents, ledger=self.ledger,
+                             max_concurrency=self.config.routing.max_concurrency,
+                             rerun_interrupted=self.config.routing.rerun_interrupted)
+        # The supervisor hands every started channel to the router's pump.
+        self.manager = ChannelManager(self.router.intake, self.registry.create,
+                                      self._make_context)
         api_server: HTTPServer | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(self.router.serve)
+            # The API's callers are gone after a restart: what they left is answered into
+            # the sessions only.
+            await self.router.attach(API_SOURCE, Discard())
             await nursery.start(self.manager.serve)
             if self.config.api.listen:
                 api_server = HTTPServer(build_api_router(self), name="api")
@@ -255,7 +298,7 @@ class Daemon:
             if self.notifier.watchdog_s:
                 nursery.start_soon(self._watchdog, self.notifier.watchdog_s)
             nursery.start_soon(self._report_status)
-            nursery.start_soon(self._purge_inbox)
+            nursery.start_soon(self._purge_ledger)
             log.info("orrad %s ready (instance %s)", __version__, self.config.instance)
             await self._stop.wait()
             self.notifier.stopping()
@@ -284,19 +327,18 @@ class Daemon:
                 self.notifier.watchdog()
             await trio.sleep(interval)
 
-    async def _purge_inbox(self) -> None:
-        """Forget finished deliveries once no sender would retry them any more."""
-        inbox = Inbox(self.db)
+    async def _purge_ledger(self) -> None:
+        """Forget finished messages once no sender would retry them any more."""
         while True:
             try:
-                removed = await inbox.purge(INBOX_RETENTION_S)
+                removed = await self.ledger.purge(LEDGER_RETENTION_S)
             except StoreError as exc:
-                log.warning("inbox purge failed: %s", exc)
+                log.warning("ledger purge failed: %s", exc)
             else:
                 if removed:
-                    log.info("inbox: forgot %d finished deliveries older than %d days",
-                             removed, INBOX_RETENTION_S // 86400)
-            await trio.sleep(INBOX_PURGE_EVERY_S)
+                    log.info("ledger: forgot %d finished messages older than %d days",
+                             removed, LEDGER_RETENTION_S // 86400)
+            await trio.sleep(LEDGER_PURGE_EVERY_S)
 
     async def _report_status(self) -> None:
         assert self.manager is not None

@@ -163,8 +163,13 @@ class ChannelError(OrradError):
 
 
 class ChannelSendError(ChannelError):
-    def __init__(self, message: str) -> None:
+    """A reply could not be delivered. ``retryable``: the same send may work later (a
+    platform outage, a rate limit), so the pipeline keeps the reply and tries again; false
+    means the platform refused this reply for good and it is recorded as failed."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(f"send error: {message}")
+        self.retryable = retryable
 
 
 class ChannelClosed(ChannelError):

@@ -8,17 +8,14 @@ are left out, and a missing timestamp reads as the epoch.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 
-from orrad.errors import InvalidNamespace
-
-if TYPE_CHECKING:
-    from orrad.runtime.loop import RunResult
+from orrad.errors import InvalidNamespace, OrradError
 
 __all__ = [
     "EPOCH",
@@ -27,7 +24,9 @@ __all__ = [
     "Namespace",
     "OutboundError",
     "OutboundMessage",
+    "Receipt",
     "Role",
+    "RunSummary",
     "ToolCall",
     "ToolResult",
     "Usage",
@@ -182,7 +181,10 @@ class ToolResult(msgspec.Struct, frozen=True):
 class Message(msgspec.Struct, omit_defaults=True, weakref=True):
     """One chat message. Tool results travel in a ``user`` message with empty content.
 
-    Weak-referenceable so per-message caches (token counts) can follow an object's life.
+    ``run_id`` names the run that added the message to its session (the ledger id of the
+    inbound message): a run repeated after a crash finds its own earlier entries by it and
+    never appends a second copy. Weak-referenceable so per-message caches (token counts) can
+    follow an object's life.
     """
 
     role: Role
@@ -190,6 +192,7 @@ class Message(msgspec.Struct, omit_defaults=True, weakref=True):
     tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     tool_results: list[ToolResult] = msgspec.field(default_factory=list)
     timestamp: datetime = EPOCH
+    run_id: str | None = None
 
     @classmethod
     def system(cls, text: str) -> Message:
@@ -243,26 +246,68 @@ class Usage(msgspec.Struct):
 
 
 @dataclass
+class RunSummary:
+    """What a reply says about the run that produced it (not the runtime's whole result).
+
+    ``instance`` names the daemon that ran the agent when it was not this one (a relay).
+    """
+
+    agent: str = ""
+    total_usage: Usage = field(default_factory=Usage)
+    turns: int = 0
+    instance: str | None = None
+
+
+@dataclass
+class Receipt:
+    """The pipeline's answer to a channel that waits before acknowledging a message.
+
+    ``new`` is false for a ``delivery_id`` recorded before (then ``state`` and, once
+    answered, ``reply`` tell what became of it); ``error`` is set when the message could
+    not be recorded (the state store is unavailable) and must not be acknowledged.
+    """
+
+    new: bool
+    ledger_id: str = ""
+    state: str = "received"
+    reply: OutboundMessage | OutboundError | None = None
+    error: OrradError | None = None
+
+
+@dataclass
 class InboundMessage:
     """A message a channel received, addressed to ``namespace``.
 
     ``metadata`` is channel-specific context (thread id, author, ``agent``...) and comes back
-    unchanged on the reply.
+    unchanged on the reply. A channel that can be asked again for the same message (a
+    webhook retry, a gateway replay) sets ``delivery_id`` (the platform's id, unique per
+    channel); the pipeline then records it durably before it counts as received, answers it
+    exactly once, and calls ``on_recorded`` with the :class:`Receipt` (so the channel
+    acknowledges only what is stored). ``reply_to`` is channel-private routing for the
+    answer (a callback URL...): kept in the ledger and handed back on the reply, never
+    shown to agents or peers.
     """
 
     namespace: Namespace
     message: Message
     metadata: dict[str, Any] = field(default_factory=dict)
+    delivery_id: str | None = None
+    reply_to: dict[str, Any] = field(default_factory=dict)
+    on_recorded: Callable[[Receipt], None] | None = field(default=None, repr=False,
+                                                          compare=False)
 
 
 @dataclass
 class OutboundMessage:
-    """The answer to an :class:`InboundMessage`: the final assistant message plus the run."""
+    """The answer to an :class:`InboundMessage`: the final assistant message plus a summary
+    of the run. ``delivery_id`` and ``reply_to`` are the inbound message's."""
 
     namespace: Namespace
     message: Message
-    run_result: RunResult
+    run_result: RunSummary = field(default_factory=RunSummary)
     metadata: dict[str, Any] = field(default_factory=dict)
+    delivery_id: str | None = None
+    reply_to: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,3 +321,5 @@ class OutboundError:
     error: str
     metadata: dict[str, Any] = field(default_factory=dict)
     code: str = "agent_error"
+    delivery_id: str | None = None
+    reply_to: dict[str, Any] = field(default_factory=dict)

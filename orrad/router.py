@@ -1,40 +1,76 @@
-"""From inbound message to reply: agent selection and per-namespace lanes.
+"""The message pipeline: intake, the ledger, per-namespace lanes, runs and delivery.
 
-Every namespace has a lane: its messages run one at a time, in the order they were
-submitted. Lanes run concurrently, at most ``max_concurrency`` messages at once across all
-namespaces, so one slow conversation never delays another. A lane exists only while it has
-work. This is also where federation will hand a message to the namespace's owner.
+Every message takes the same path, whatever channel it came from:
+
+1. **Intake.** :meth:`Router.pump` reads a channel's ``receive()``. A message with a
+   ``delivery_id`` is recorded in the :class:`~orrad.state.Ledger` first; the channel
+   learns the outcome from the :class:`~orrad.model.Receipt` (new, a repeat with its
+   stored answer, or not stored) and acknowledges only what is stored. The message takes
+   its place in its namespace's lane at arrival, so recording (group-committed with
+   other messages) never reorders a namespace.
+2. **Run.** A lane runs one message at a time, in order; lanes run concurrently, at most
+   ``max_concurrency`` runs at once. The agent is the message's metadata ``agent``, else
+   the channel's, else the default. The run is keyed by the ledger id, so a re-run after a
+   crash never leaves a second copy in the session.
+3. **Delivery.** The answer is stored in the ledger (``answered``), then handed to the live
+   generation of the channel that received the message, in order per namespace; it is
+   ``delivered`` only once the channel confirms the send. A send that may work later
+   (``ChannelSendError.retryable``) is tried again with backoff, also after the channel
+   restarts; a refused one is ``failed``.
+
+When a channel attaches, what an earlier process (or an earlier generation) left open for
+it is finished first: received but unanswered messages run again (or, with
+``rerun_interrupted: false``, get an ``interrupted`` error) and stored answers are
+delivered again. A state store that cannot be written makes intake refuse messages (the
+receipt carries the error) until a write succeeds again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
-from orrad.channels.base import ReplyTarget, describe_error, no_typing
-from orrad.errors import (
-    ChannelError,
-    MaxTurnsExceeded,
-    OrradError,
-    ProviderError,
-    StoreError,
-    UnknownAgent,
+from orrad.config import ChannelConfig
+from orrad.delivery import (
+    Reply,
+    ReplyTarget,
+    StoredReply,
+    best_effort_typing,
+    describe_error,
+    error_code,
+    no_typing,
 )
+from orrad.errors import ChannelSendError, OrradError, StoreError, UnknownAgent
 from orrad.metrics import METRICS
-from orrad.model import InboundMessage, OutboundError, OutboundMessage
+from orrad.model import (
+    InboundMessage,
+    Message,
+    Namespace,
+    OutboundError,
+    OutboundMessage,
+    Receipt,
+)
 from orrad.runtime.loop import Runtime
+from orrad.state.ledger import Ledger, LedgerEntry, LedgerState
 
-__all__ = ["AgentSet", "Reply", "Router", "error_code"]
+__all__ = ["INTERRUPTED", "AgentSet", "Reply", "Router", "chosen_agent", "error_code"]
 
 log = logging.getLogger(__name__)
 
-Reply = OutboundMessage | OutboundError
+INTERRUPTED = "the daemon restarted before answering this message; please send it again"
+DELIVERY_CONCURRENCY = 16  # sends in flight at once per channel
+REDELIVER_INITIAL_S = 1.0
+REDELIVER_MAX_S = 60.0
+STORE_PROBE_S = 2.0
+
+_message_decoder = msgspec.json.Decoder(Message)
 
 
 @dataclass
@@ -62,19 +98,6 @@ class AgentSet:
         return list(self.runtimes)
 
 
-def error_code(exc: BaseException) -> str:
-    """The stable code a failed run is reported with (CONTRACT §4 error shape)."""
-    if isinstance(exc, UnknownAgent):
-        return "unknown_agent"
-    if isinstance(exc, ProviderError):
-        return "provider_error"
-    if isinstance(exc, StoreError):
-        return "unavailable"
-    if isinstance(exc, MaxTurnsExceeded):
-        return "max_turns_exceeded"
-    return "agent_error" if isinstance(exc, OrradError) else "internal"
-
-
 def chosen_agent(inbound: InboundMessage, channel_agent: str | None) -> str | None:
     """Metadata ``agent`` wins, then the channel's ``agent``; ``None`` means the default."""
     explicit = inbound.metadata.get("agent")
@@ -83,46 +106,51 @@ def chosen_agent(inbound: InboundMessage, channel_agent: str | None) -> str | No
     return channel_agent
 
 
+class _Source:
+    """One origin of messages (a channel by name, ``api``...) across its generations."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.target: ReplyTarget | None = None
+        self.attached = trio.Event()
+        self.in_flight = 0
+        self.changed = trio.Event()
+        self.sends = trio.Semaphore(DELIVERY_CONCURRENCY)
+
+    def attach(self, target: ReplyTarget) -> None:
+        self.target = target
+        self.attached.set()
+
+    def detach(self, target: ReplyTarget) -> None:
+        if self.target is target:
+            self.target = None
+            self.attached = trio.Event()
+
+    async def live_target(self) -> ReplyTarget:
+        while self.target is None:
+            await self.attached.wait()
+        return self.target
+
+    async def wait_idle(self) -> None:
+        while self.in_flight:
+            await self.changed.wait()
+
+
 @dataclass
 class _Job:
     inbound: InboundMessage
-    target: ReplyTarget
+    source: _Source
     agent: str | None
+    target: ReplyTarget | None = None  # None: the source's live channel
+    ledger_id: int | None = None
+    recorded: trio.Event | None = None  # set once the ledger answered; None: nothing to wait
+    skip: bool = False  # a repeat, or not recorded: nothing to run
+    reply: Reply | None = None
 
 
 @dataclass
 class _Lane:
     jobs: deque[_Job] = field(default_factory=deque)
-
-
-@asynccontextmanager
-async def best_effort_typing(target: ReplyTarget, metadata: Mapping[str, Any]
-                             ) -> AsyncIterator[None]:
-    """The target's typing indicator, if it works: a failing indicator (a platform hiccup, a
-    plugin bug) is logged and never fails or delays the run it decorates."""
-    try:
-        manager = target.start_typing(metadata)
-        await manager.__aenter__()
-    except Exception as exc:
-        log.warning("typing indicator failed: %s: %s", type(exc).__name__, exc)
-        yield
-        return
-    try:
-        yield
-    except BaseException as exc:
-        await _exit_typing(manager, exc)
-        raise
-    else:
-        await _exit_typing(manager, None)
-
-
-async def _exit_typing(manager: AbstractAsyncContextManager[None],
-                       exc: BaseException | None) -> None:
-    try:
-        await manager.__aexit__(type(exc) if exc else None, exc,
-                                exc.__traceback__ if exc else None)
-    except Exception as error:
-        log.warning("typing indicator failed to stop: %s: %s", type(error).__name__, error)
 
 
 class _Waiter:
@@ -144,29 +172,55 @@ class _Waiter:
         return no_typing()
 
 
-class Router:
-    """Runs submitted messages through the right agent and answers the reply target.
+class Discard:
+    """A reply target for a source whose askers cannot be reached any more (the API's
+    callers after a restart): the answer stays in the session and the ledger."""
 
-    Start it with ``await nursery.start(router.serve)``; lanes run in its nursery.
-    ``submit`` returns as soon as the message is queued (it waits only when ``max_pending``
-    messages are already queued); ``call`` waits for the reply.
+    async def send(self, response: OutboundMessage) -> None:
+        return None
+
+    async def send_error(self, error: OutboundError) -> None:
+        return None
+
+    def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
+        return no_typing()
+
+
+class Router:
+    """Runs every accepted message through the right agent and delivers the answer.
+
+    Start it with ``await nursery.start(router.serve)``; lanes, recording and deliveries run
+    in its nursery. Without a ``ledger`` nothing is recorded (messages are at most once).
     """
 
     def __init__(
-        self, agents: AgentSet, *, max_concurrency: int = 64, max_pending: int = 10_000
+        self, agents: AgentSet, *, ledger: Ledger | None = None, max_concurrency: int = 64,
+        max_pending: int = 10_000, rerun_interrupted: bool = True,
+        redeliver_initial_s: float = REDELIVER_INITIAL_S,
+        redeliver_max_s: float = REDELIVER_MAX_S,
     ) -> None:
         self.agents = agents
+        self.ledger = ledger
+        self.rerun_interrupted = rerun_interrupted
+        self.redeliver_initial_s = redeliver_initial_s
+        self.redeliver_max_s = redeliver_max_s
         self._limiter = trio.CapacityLimiter(max_concurrency)
         self._room = trio.Semaphore(max_pending)
         self._lanes: dict[str, _Lane] = {}
+        self._deliveries: dict[tuple[str, str], deque[_Job]] = {}
+        self._sources: dict[str, _Source] = {}
+        self._active: set[int] = set()  # ledger ids this process is running or delivering
         self._nursery: trio.Nursery | None = None
         self._pending = 0
         self._idle = trio.Event()
         self._idle.set()
+        self.store_error: str | None = None
+
+    # -- introspection -------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Messages submitted and not yet answered."""
+        """Messages accepted and not yet delivered."""
         return self._pending
 
     @property
@@ -175,6 +229,12 @@ class Router:
 
     def set_max_concurrency(self, value: int) -> None:
         self._limiter.total_tokens = value
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is pending."""
+        await self._idle.wait()
+
+    # -- lifecycle -----------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -185,54 +245,224 @@ class Router:
             finally:
                 self._nursery = None
 
-    async def submit(
-        self, inbound: InboundMessage, target: ReplyTarget, *, channel_agent: str | None = None
-    ) -> None:
-        """Queue ``inbound`` on its namespace's lane; the reply goes to ``target``."""
+    def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None:
             raise RuntimeError("router is not serving")
-        await self._room.acquire()
-        job = _Job(inbound, target, chosen_agent(inbound, channel_agent))
-        self._pending += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        key = inbound.namespace.key
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane()
-            lane.jobs.append(job)
-            self._nursery.start_soon(self._run_lane, key, lane)
-        else:
-            lane.jobs.append(job)
+        return self._nursery
 
-    async def call(self, inbound: InboundMessage, *, channel_agent: str | None = None) -> Reply:
-        """Submit ``inbound`` and wait for its reply."""
+    def _source(self, name: str) -> _Source:
+        source = self._sources.get(name)
+        if source is None:
+            source = self._sources[name] = _Source(name)
+        return source
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def pump(self, channel: Any, *, source: str, agent: str | None = None) -> None:
+        """Take ``channel``'s messages until ``receive()`` returns ``None`` and every one
+        of them is delivered; replies of this source go to ``channel`` meanwhile.
+
+        What the ledger holds open for ``source`` is taken up first (module docstring).
+        """
+        src = self._source(source)
+        src.attach(channel)
+        try:
+            await self._recover(src)
+            while (inbound := await channel.receive()) is not None:
+                METRICS.messages_in.inc(source)
+                await self._intake(src, inbound, agent)
+            await src.wait_idle()
+        finally:
+            src.detach(channel)
+
+    async def intake(self, channel: Any, config: ChannelConfig) -> None:
+        """The supervisor's ``Intake``: :meth:`pump` a started channel under its name,
+        with its ``agent``."""
+        assert config.name is not None
+        await self.pump(channel, source=config.name, agent=config.agent)
+
+    async def attach(self, source: str, target: ReplyTarget) -> None:
+        """Make ``target`` the reply target of ``source`` for good (the daemon API), after
+        finishing what the ledger holds open for it."""
+        src = self._source(source)
+        src.attach(target)
+        await self._recover(src)
+
+    async def submit(
+        self, inbound: InboundMessage, target: ReplyTarget, *, channel_agent: str | None = None,
+        source: str = "direct",
+    ) -> None:
+        """Queue ``inbound`` on its namespace's lane; the reply goes to ``target``.
+
+        Recorded in the ledger (and so answered once) when it has a ``delivery_id``;
+        returns as soon as it is queued (waiting only while ``max_pending`` are).
+        """
+        await self._intake(self._source(source), inbound, channel_agent, target)
+
+    async def call(self, inbound: InboundMessage, *, channel_agent: str | None = None,
+                   source: str = "direct") -> Reply:
+        """Submit ``inbound`` and wait for its reply.
+
+        Raises :class:`~orrad.errors.StoreError` when the message has a ``delivery_id``
+        and could not be recorded; a repeated ``delivery_id`` returns the stored answer
+        (an ``in_progress`` error while it is still running).
+        """
+        receipts: list[Receipt] = []
+        recorded = trio.Event()
+
+        def on_recorded(receipt: Receipt) -> None:
+            receipts.append(receipt)
+            recorded.set()
+
+        inbound.on_recorded = on_recorded
         waiter = _Waiter()
-        await self.submit(inbound, waiter, channel_agent=channel_agent)
+        await self.submit(inbound, waiter, channel_agent=channel_agent, source=source)
+        await recorded.wait()
+        receipt = receipts[0]
+        if receipt.error is not None:
+            raise receipt.error
+        if not receipt.new:
+            if receipt.reply is not None:
+                return receipt.reply
+            return OutboundError(inbound.namespace, "the message is still being answered",
+                                 inbound.metadata, code="in_progress")
         await waiter.done.wait()
         assert waiter.reply is not None
         return waiter.reply
 
-    async def wait_idle(self) -> None:
-        """Return once nothing is pending."""
-        await self._idle.wait()
+    async def _intake(self, src: _Source, inbound: InboundMessage, agent: str | None,
+                      target: ReplyTarget | None = None) -> None:
+        nursery = self._require_nursery()
+        await self._room.acquire()
+        job = _Job(inbound, src, chosen_agent(inbound, agent), target)
+        self._begin(job)
+        if self.ledger is not None and inbound.delivery_id is not None:
+            job.recorded = trio.Event()
+            nursery.start_soon(self._record, job, self.ledger)
+        else:
+            _notify(inbound, Receipt(True))
+        self._enqueue(job)
+
+    async def _record(self, job: _Job, ledger: Ledger) -> None:
+        inbound = job.inbound
+        assert inbound.delivery_id is not None and job.recorded is not None
+        receipt = Receipt(False)
+        try:
+            new, entry = await ledger.record(
+                job.source.name, inbound.delivery_id, inbound.namespace.key, {
+                    "message": msgspec.to_builtins(inbound.message),
+                    "metadata": inbound.metadata,
+                    "reply_to": inbound.reply_to,
+                    "agent": job.agent,
+                })
+        except StoreError as exc:
+            self._store_failed(exc)
+            job.skip = True
+            receipt = Receipt(False, error=exc)
+        else:
+            self._store_ok()
+            if new:
+                job.ledger_id = entry.id
+                self._active.add(entry.id)
+                receipt = Receipt(True, str(entry.id))
+            else:
+                job.skip = True
+                receipt = Receipt(False, str(entry.id), entry.state, _stored(entry))
+        finally:
+            job.recorded.set()
+        _notify(inbound, receipt)
+
+    def _begin(self, job: _Job) -> None:
+        self._pending += 1
+        job.source.in_flight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _end(self, job: _Job) -> None:
+        self._pending -= 1
+        self._room.release()
+        if job.ledger_id is not None:
+            self._active.discard(job.ledger_id)
+        src = job.source
+        src.in_flight -= 1
+        src.changed.set()
+        src.changed = trio.Event()
+        if self._pending == 0:
+            self._idle.set()
+
+    # -- recovery ------------------------------------------------------------------------
+
+    async def _recover(self, src: _Source) -> None:
+        if self.ledger is None:
+            return
+        try:
+            entries = await self.ledger.open_entries(src.name)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
+        for entry in entries:
+            if entry.id in self._active:
+                continue  # an earlier generation in this process is still on it
+            inbound = _inbound_of(entry)
+            if inbound is None:
+                log.error("%s: ledger entry %s is unreadable; dropping it", src.name,
+                          entry.delivery_id)
+                await self._mark_once(entry.id, "failed")
+                continue
+            self._active.add(entry.id)
+            await self._room.acquire()
+            agent = entry.payload.get("agent")
+            job = _Job(inbound, src, agent if isinstance(agent, str) else None,
+                       ledger_id=entry.id)
+            self._begin(job)
+            stored = _stored(entry)
+            if entry.state == "answered" and stored is not None:
+                log.info("%s: delivering the stored answer to %s again", src.name,
+                         entry.delivery_id)
+                job.reply = stored
+                self._queue_delivery(job)
+            elif self.rerun_interrupted:
+                log.info("%s: answering %s, accepted before a restart", src.name,
+                         entry.delivery_id)
+                self._enqueue(job)
+            else:
+                log.info("%s: %s was accepted before a restart and not answered; telling "
+                         "the sender (rerun_interrupted is false)", src.name,
+                         entry.delivery_id)
+                await self._answered(job, OutboundError(
+                    inbound.namespace, INTERRUPTED, inbound.metadata, code="interrupted"))
+
+    # -- lanes and runs ------------------------------------------------------------------
+
+    def _enqueue(self, job: _Job) -> None:
+        key = job.inbound.namespace.key
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+            lane.jobs.append(job)
+            self._require_nursery().start_soon(self._run_lane, key, lane)
+        else:
+            lane.jobs.append(job)
 
     async def _run_lane(self, key: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
                 job = lane.jobs[0]
+                handed_on = False
                 try:
-                    async with self._limiter:
-                        reply = await self._run(job)
-                    # Delivery is outside the limiter: a slow platform (or a callback
-                    # backlog) must not hold run slots other namespaces need. The lane still
-                    # waits for it, so replies of one namespace stay in order.
-                    await self._deliver(job.target, reply)
+                    if job.recorded is not None:
+                        await job.recorded.wait()
+                    if not job.skip:
+                        async with self._limiter:
+                            reply = await self._run(job)
+                        # Delivery is not in the lane: a slow platform must not hold the
+                        # namespace's next run, nor run slots other namespaces need.
+                        await self._answered(job, reply)
+                        handed_on = True
                 finally:
                     lane.jobs.popleft()
-                    self._pending -= 1
-                    self._room.release()
-                    if self._pending == 0:
-                        self._idle.set()
+                    if not handed_on:
+                        self._end(job)
         finally:
             del self._lanes[key]
 
@@ -240,10 +470,15 @@ class Router:
         """Run the agent for ``job``; never raises (failures become an OutboundError)."""
         inbound = job.inbound
         started = trio.current_time()
+        target = job.target or job.source.target
         try:
             runtime = self.agents.resolve(job.agent)
-            async with best_effort_typing(job.target, inbound.metadata):
-                result = await runtime.run(inbound.namespace, inbound.message)
+            typing = (best_effort_typing(target, inbound.metadata) if target is not None
+                      else no_typing())
+            async with typing:
+                result = await runtime.run(
+                    inbound.namespace, inbound.message,
+                    run_id=None if job.ledger_id is None else str(job.ledger_id))
             METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
         except Exception as exc:
             METRICS.run_errors.inc(error_code(exc))
@@ -251,18 +486,173 @@ class Router:
                 log.warning("run in %s failed: %s", inbound.namespace, exc)
             else:
                 log.exception("run in %s crashed", inbound.namespace)
-            return OutboundError(
-                inbound.namespace, describe_error(exc), inbound.metadata, code=error_code(exc)
-            )
-        return OutboundMessage(inbound.namespace, result.final_message, result, inbound.metadata)
+            return OutboundError(inbound.namespace, describe_error(exc), inbound.metadata,
+                                 code=error_code(exc))
+        return OutboundMessage(inbound.namespace, result.final_message, result.summary(),
+                               inbound.metadata)
 
-    async def _deliver(self, target: ReplyTarget, reply: Reply) -> None:
-        try:
-            if isinstance(reply, OutboundMessage):
-                await target.send(reply)
+    async def _answered(self, job: _Job, reply: Reply) -> None:
+        """Store the answer in the ledger, then queue its delivery.
+
+        What is delivered is rebuilt from the stored form, so a delivery repeated after a
+        restart renders exactly the same reply. An answer that cannot be stored is still
+        delivered (a waiting client gets it); the message then stays ``received``.
+        """
+        inbound = job.inbound
+        if job.ledger_id is not None and self.ledger is not None:
+            stored = StoredReply.of(reply)
+            try:
+                await self.ledger.answer(job.ledger_id, msgspec.to_builtins(stored))
+            except StoreError as exc:
+                self._store_failed(exc)
             else:
-                await target.send_error(reply)
-        except ChannelError as exc:
-            log.warning("reply to %s not delivered: %s", reply.namespace, exc)
-        except Exception:
-            log.exception("reply to %s not delivered", reply.namespace)
+                self._store_ok()
+            reply = stored.to_reply(inbound.namespace, inbound.metadata)
+        reply.delivery_id = inbound.delivery_id
+        reply.reply_to = inbound.reply_to
+        job.reply = reply
+        self._queue_delivery(job)
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def _queue_delivery(self, job: _Job) -> None:
+        key = (job.source.name, job.inbound.namespace.key)
+        queue = self._deliveries.get(key)
+        if queue is None:
+            queue = self._deliveries[key] = deque([job])
+            self._require_nursery().start_soon(self._run_deliveries, key, queue)
+        else:
+            queue.append(job)
+
+    async def _run_deliveries(self, key: tuple[str, str], queue: deque[_Job]) -> None:
+        try:
+            while queue:
+                job = queue[0]
+                try:
+                    await self._deliver(job)
+                finally:
+                    queue.popleft()
+                    self._end(job)
+        finally:
+            del self._deliveries[key]
+
+    async def _deliver(self, job: _Job) -> None:
+        reply, src = job.reply, job.source
+        assert reply is not None
+        delay = self.redeliver_initial_s
+        while True:
+            target = job.target or await src.live_target()
+            try:
+                async with src.sends:
+                    if isinstance(reply, OutboundMessage):
+                        await target.send(reply)
+                    else:
+                        await target.send_error(reply)
+            except ChannelSendError as exc:
+                if exc.retryable:
+                    log.warning("%s: reply to %s not delivered (%s); trying again in %.0fs",
+                                src.name, reply.namespace, exc, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, self.redeliver_max_s)
+                    continue
+                METRICS.delivery_failures.inc(src.name)
+                log.warning("%s: reply to %s not delivered: %s", src.name, reply.namespace, exc)
+                await self._mark(job, "failed")
+                return
+            except Exception:
+                METRICS.delivery_failures.inc(src.name)
+                log.exception("%s: reply to %s not delivered", src.name, reply.namespace)
+                await self._mark(job, "failed")
+                return
+            METRICS.messages_out.inc(src.name, "ok" if isinstance(reply, OutboundMessage)
+                                     else "error")
+            await self._mark(job, "delivered")
+            return
+
+    async def _mark(self, job: _Job, state: LedgerState) -> None:
+        """Record the delivery's outcome, retrying the write (never the send) while the
+        store refuses it."""
+        if job.ledger_id is None or self.ledger is None:
+            return
+        delay = self.redeliver_initial_s
+        while True:
+            try:
+                await self.ledger.mark(job.ledger_id, state)
+            except StoreError as exc:
+                self._store_failed(exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.redeliver_max_s)
+                continue
+            self._store_ok()
+            return
+
+    async def _mark_once(self, ledger_id: int, state: LedgerState) -> None:
+        assert self.ledger is not None
+        try:
+            await self.ledger.mark(ledger_id, state)
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    # -- store health --------------------------------------------------------------------
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if self.store_error is None:
+            log.error("state store cannot be written (%s): refusing new messages until it "
+                      "can be written again", exc)
+            if self._nursery is not None and self.ledger is not None:
+                self._nursery.start_soon(self._probe_store, self.ledger)
+        self.store_error = str(exc)
+
+    def _store_ok(self) -> None:
+        if self.store_error is not None:
+            self.store_error = None
+            log.warning("state store can be written again: accepting messages")
+
+    async def _probe_store(self, ledger: Ledger) -> None:
+        while self.store_error is not None:
+            await trio.sleep(STORE_PROBE_S)
+            try:
+                await ledger.probe()
+            except StoreError:
+                continue
+            self._store_ok()
+
+
+def _notify(inbound: InboundMessage, receipt: Receipt) -> None:
+    if inbound.on_recorded is None:
+        return
+    try:
+        inbound.on_recorded(receipt)
+    except Exception:
+        log.exception("receipt callback failed")
+
+
+def _inbound_of(entry: LedgerEntry) -> InboundMessage | None:
+    payload = entry.payload
+    try:
+        namespace = Namespace.parse(entry.namespace)
+        message = _message_decoder.decode(msgspec.json.encode(payload["message"]))
+    except (OrradError, KeyError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    metadata = payload.get("metadata")
+    reply_to = payload.get("reply_to")
+    return InboundMessage(namespace, message,
+                          dict(metadata) if isinstance(metadata, dict) else {},
+                          delivery_id=entry.delivery_id,
+                          reply_to=dict(reply_to) if isinstance(reply_to, dict) else {})
+
+
+def _stored(entry: LedgerEntry) -> Reply | None:
+    """The answer an entry holds, as a reply to deliver (``None`` while unanswered)."""
+    if entry.reply is None:
+        return None
+    try:
+        stored = msgspec.convert(entry.reply, StoredReply)
+        namespace = Namespace.parse(entry.namespace)
+    except (OrradError, msgspec.ValidationError):
+        return None
+    metadata = entry.payload.get("metadata")
+    reply_to = entry.payload.get("reply_to")
+    return stored.to_reply(namespace, dict(metadata) if isinstance(metadata, dict) else {},
+                           dict(reply_to) if isinstance(reply_to, dict) else {},
+                           entry.delivery_id)

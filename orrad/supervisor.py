@@ -1,7 +1,9 @@
 """The channel manager: one supervised runner per channel file.
 
-A runner starts its channel (``serve`` under ``nursery.start``), pumps its messages into the
-router, and when the channel fails decides, OTP-style, whether to restart it: ``permanent``
+A runner starts its channel (``serve`` under ``nursery.start``), hands it to the message
+pipeline (the ``intake`` callable the daemon wires in: the router's pump, which reads the
+channel and delivers its replies; the supervisor is not in the message path), and when the
+channel fails decides, OTP-style, whether to restart it: ``permanent``
 always, ``transient`` only after an error, ``temporary`` never. Restarts wait a full-jitter
 exponential backoff; more than ``max_restarts`` within ``window_s`` (or a
 :class:`~orrad.errors.FatalChannelError`) leaves the channel ``failed``. A runner catches its
@@ -15,7 +17,6 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,10 +28,9 @@ from orrad.channels.base import Channel, ChannelContext
 from orrad.config import ChannelConfig
 from orrad.errors import ConfigErrors, FatalChannelError
 from orrad.metrics import METRICS
-from orrad.model import OutboundError, OutboundMessage
-from orrad.router import Router
 
-__all__ = ["ChannelManager", "ChannelRunner", "ChannelState", "ChannelStatus", "FileResult"]
+__all__ = ["ChannelManager", "ChannelRunner", "ChannelState", "ChannelStatus", "FileResult",
+           "Intake"]
 
 log = logging.getLogger(__name__)
 
@@ -99,48 +99,6 @@ def full_jitter(attempt: int, initial: float, cap: float, rng: random.Random) ->
     return rng.uniform(0.0, min(cap, initial * (2.0**attempt)))
 
 
-class _TrackedTarget:
-    """Counts a channel's messages that still await their reply, so completion can wait."""
-
-    def __init__(self, channel: Channel, name: str) -> None:
-        self.channel = channel
-        self.name = name
-        self.in_flight = 0
-        self._changed = trio.Event()
-
-    def begin(self) -> None:
-        self.in_flight += 1
-
-    def _end(self) -> None:
-        self.in_flight -= 1
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_idle(self) -> None:
-        while self.in_flight:
-            await self._changed.wait()
-
-    async def send(self, response: OutboundMessage) -> None:
-        await self._count(self.channel.send(response), "ok")
-
-    async def send_error(self, error: OutboundError) -> None:
-        await self._count(self.channel.send_error(error), "error")
-
-    async def _count(self, delivery: Awaitable[None], outcome: str) -> None:
-        try:
-            await delivery
-        except Exception:
-            METRICS.delivery_failures.inc(self.name)
-            raise
-        else:
-            METRICS.messages_out.inc(self.name, outcome)
-        finally:
-            self._end()
-
-    def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
-        return self.channel.start_typing(metadata)
-
-
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
@@ -157,6 +115,9 @@ def root_cause(exc: Exception) -> Exception:
 
 
 ChannelFactory = Callable[[ChannelConfig, ChannelContext], Channel]
+# Reads a started channel's messages into the pipeline; returns once ``receive()`` returned
+# ``None`` and every message taken was answered.
+Intake = Callable[[Channel, ChannelConfig], Awaitable[None]]
 
 
 class ChannelRunner:
@@ -172,7 +133,7 @@ class ChannelRunner:
         config: ChannelConfig,
         factory: ChannelFactory,
         context: ChannelContext,
-        router: Router,
+        intake: Intake,
         *,
         generation: int = 0,
         rng: random.Random | None = None,
@@ -181,7 +142,7 @@ class ChannelRunner:
         self.config = config
         self.factory = factory
         self.context = context
-        self.router = router
+        self.intake = intake
         self.rng = rng or random.Random()
         assert config.name is not None
         self.status = ChannelStatus(config.name, config.kind, file, ChannelState.STARTING,
@@ -269,7 +230,6 @@ class ChannelRunner:
         try:
             channel = self.factory(self.config, self.context)
             self.channel = channel
-            target = _TrackedTarget(channel, self.name)
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.serve)
                 early, self._early_connection = self._early_connection, None
@@ -280,26 +240,14 @@ class ChannelRunner:
                     self._set_state(ChannelState.BACKOFF, f"connection down: {early[1]}")
                 else:
                     self._set_state(ChannelState.RUNNING, "connected")
-                await self._pump(channel, target)
-            # Intake is over and serve has returned: answer what is in flight before
-            # calling the channel finished.
-            await target.wait_idle()
+                # Returns once intake is over and every message taken is answered.
+                await self.intake(channel, self.config)
             return None
         except Exception as exc:
             return root_cause(exc)
         finally:
             if trio.current_time() - started_at >= STABLE_AFTER_S:
                 self._attempt = 0
-
-    async def _pump(self, channel: Channel, target: _TrackedTarget) -> None:
-        while (inbound := await channel.receive()) is not None:
-            METRICS.messages_in.inc(self.name)
-            target.begin()
-            try:
-                await self.router.submit(inbound, target, channel_agent=self.config.agent)
-            except BaseException:
-                target.in_flight -= 1
-                raise
 
     def _connection_changed(self, up: bool, reason: str | None) -> None:
         if self.status.state is ChannelState.STARTING:
@@ -338,14 +286,14 @@ class ChannelManager:
 
     def __init__(
         self,
-        router: Router,
+        intake: Intake,
         factory: ChannelFactory,
         make_context: Callable[[ChannelConfig], ChannelContext],
         *,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
         rng: random.Random | None = None,
     ) -> None:
-        self.router = router
+        self.intake = intake
         self.factory = factory
         self.make_context = make_context
         self.stop_grace_s = stop_grace_s
@@ -377,7 +325,7 @@ class ChannelManager:
     def _start_runner(self, file: str, config: ChannelConfig) -> ChannelRunner:
         assert self._nursery is not None, "manager is not serving"
         runner = ChannelRunner(
-            file, config, self.factory, self.make_context(config), self.router,
+            file, config, self.factory, self.make_context(config), self.intake,
             generation=self._generations.get(file, 0), rng=self.rng,
         )
         self.runners[file] = runner

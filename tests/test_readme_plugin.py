@@ -42,7 +42,7 @@ async def test_readme_channel_example_runs_under_the_supervisor() -> None:
     with redirect_stdout(output):
         async with trio.open_nursery() as nursery:
             await nursery.start(router.serve)
-            manager = ChannelManager(router, room_channel,
+            manager = ChannelManager(router.intake, room_channel,
                                      lambda c: ChannelContext(c.name or "?", daemon))
             await nursery.start(manager.serve)
             await manager.apply({"room.yaml": config}, {})

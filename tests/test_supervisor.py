@@ -87,7 +87,7 @@ def config(name: str, behaviour: str = "serve", *, policy: str = "permanent",
 def make_manager(nursery: trio.Nursery, router: Router, seed: int = 1) -> ChannelManager:
     daemon = msgspec.convert({}, DaemonConfig)
     return ChannelManager(
-        router, FakeChannel, lambda c: ChannelContext(c.name or "?", daemon),
+        router.intake, FakeChannel, lambda c: ChannelContext(c.name or "?", daemon),
         stop_grace_s=5, rng=random.Random(seed))
 
 
@@ -267,7 +267,8 @@ async def test_stdin_at_end_of_input_is_completed_not_restarted(tmp_path: Any) -
     daemon = msgspec.convert({}, DaemonConfig)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.serve)
-        manager = ChannelManager(router, factory, lambda c: ChannelContext(c.name or "?", daemon))
+        manager = ChannelManager(router.intake, factory,
+                                 lambda c: ChannelContext(c.name or "?", daemon))
         await nursery.start(manager.serve)
         config = StdinChannelConfig(kind="stdin", name="console")
         await manager.apply({"stdin.yaml": config}, {})
@@ -303,7 +304,7 @@ async def test_a_channel_that_starts_disconnected_is_not_running(
     daemon = msgspec.convert({}, DaemonConfig)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.serve)
-        manager = ChannelManager(router, DownAtStart,
+        manager = ChannelManager(router.intake, DownAtStart,
                                  lambda c: ChannelContext(c.name or "?", daemon))
         await nursery.start(manager.serve)
         await manager.apply({"d.yaml": config("d")}, {})
@@ -344,7 +345,8 @@ async def test_interactive_stdin_prompts_after_each_answer() -> None:
     daemon = msgspec.convert({}, DaemonConfig)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.serve)
-        manager = ChannelManager(router, factory, lambda c: ChannelContext(c.name or "?", daemon))
+        manager = ChannelManager(router.intake, factory,
+                                 lambda c: ChannelContext(c.name or "?", daemon))
         await nursery.start(manager.serve)
         await manager.apply({"stdin.yaml": StdinChannelConfig(kind="stdin", name="tty")}, {})
         with trio.fail_after(5):

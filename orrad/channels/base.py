@@ -9,55 +9,30 @@ supervisor restarts it. ``receive`` returns ``None`` once the channel is closed.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import trio
 
-from orrad.errors import (
-    ChannelError,
-    ContextLengthExceeded,
-    OrradError,
-    ProviderAuthError,
-    ProviderError,
-    ProviderRateLimited,
-    ProviderUnavailable,
-)
-from orrad.model import InboundMessage, OutboundError, OutboundMessage
+from orrad.delivery import ReplyTarget, no_typing
+from orrad.errors import ChannelClosed
+from orrad.model import InboundMessage, OutboundError, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
     from orrad.config import ChannelConfig, DaemonConfig
-    from orrad.runtime.loop import Runtime
     from orrad.state.db import Database
 
 __all__ = [
     "BaseChannel",
     "Channel",
-    "ChannelAdapter",
     "ChannelContext",
     "ReplyTarget",
     "no_typing",
 ]
 
 log = logging.getLogger(__name__)
-
-
-@asynccontextmanager
-async def no_typing() -> AsyncIterator[None]:
-    yield
-
-
-@runtime_checkable
-class ReplyTarget(Protocol):
-    """Where the answer to a message goes: the channel that received it."""
-
-    async def send(self, response: OutboundMessage) -> None: ...
-
-    async def send_error(self, error: OutboundError) -> None: ...
-
-    def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]: ...
 
 
 @runtime_checkable
@@ -94,6 +69,14 @@ class ChannelContext:
     instance: str = "orrad"
     connection_listener: Callable[[bool, str | None], None] | None = None
     file: str | None = None  # the channel file, for messages that tell the operator what to fix
+    # The agents the daemon runs now (after the latest reload), by name.
+    agents: Callable[[], Sequence[str]] | None = field(default=None, repr=False)
+
+    def agent_names(self) -> list[str]:
+        """The live agent names (the daemon file's, when no live view was handed in)."""
+        if self.agents is not None:
+            return list(self.agents())
+        return list(self.daemon.agents)
 
     def report_connection(self, up: bool, reason: str | None = None) -> None:
         if self.connection_listener is not None:
@@ -124,6 +107,26 @@ class BaseChannel:
         """Hand ``inbound`` to whoever calls :meth:`receive` (waits until taken)."""
         await self._inbox_send.send(inbound)
 
+    async def accept(self, inbound: InboundMessage) -> Receipt:
+        """Hand over ``inbound`` (which has a ``delivery_id``) and wait until the pipeline
+        has recorded it; acknowledge the message to its sender only when the returned
+        receipt has no ``error``. Raises :class:`~orrad.errors.ChannelClosed` when intake
+        is closed (the message was not taken)."""
+        done = trio.Event()
+        receipts: list[Receipt] = []
+
+        def on_recorded(receipt: Receipt) -> None:
+            receipts.append(receipt)
+            done.set()
+
+        inbound.on_recorded = on_recorded
+        try:
+            await self.deliver(inbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ChannelClosed from None
+        await done.wait()
+        return receipts[0]
+
     def close_intake(self) -> None:
         """No more messages: :meth:`receive` returns ``None`` once the queue is empty."""
         self._inbox_send.close()
@@ -142,62 +145,3 @@ class BaseChannel:
 
     def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
         return no_typing()
-
-
-def describe_error(exc: BaseException) -> str:
-    """The text a user sees for a failed run.
-
-    Provider failures are summarised (kind and HTTP status): a vendor's error body can echo
-    keys, organisation ids or internals, and this text may be posted in a public channel;
-    the full detail is in the log. Our own errors are shown verbatim, foreign ones generic.
-    """
-    if isinstance(exc, ProviderError):
-        status = f" (HTTP {exc.status})" if exc.status else ""
-        return f"provider error: {_PROVIDER_SUMMARY.get(type(exc), 'the model failed')}{status}"
-    if isinstance(exc, OrradError):
-        return str(exc)
-    return f"internal error ({type(exc).__name__})"
-
-
-_PROVIDER_SUMMARY: dict[type[ProviderError], str] = {
-    ProviderAuthError: "the model provider rejected our credentials",
-    ProviderRateLimited: "the model provider is rate limiting us; try again later",
-    ProviderUnavailable: "the model provider is unavailable; try again later",
-    ContextLengthExceeded: "the conversation is too long for the model",
-}
-
-
-class ChannelAdapter:
-    """The seed's receive → run → respond loop over one runtime, strictly one at a time.
-
-    Kept for embedders and parity; the daemon uses the :class:`~orrad.router.Router`, which
-    serialises per namespace and runs namespaces concurrently.
-    """
-
-    @staticmethod
-    async def run(channel: Channel, runtime: Runtime) -> None:
-        """Return when ``channel.receive()`` returns ``None``.
-
-        A runtime error becomes ``send_error``; a failed send is logged and the loop goes on.
-        """
-        while (inbound := await channel.receive()) is not None:
-            async with channel.start_typing(inbound.metadata):
-                try:
-                    result = await runtime.run(inbound.namespace, inbound.message)
-                except Exception as exc:
-                    if not isinstance(exc, OrradError):
-                        log.exception("agent run crashed in %s", inbound.namespace)
-                    reply: OutboundMessage | OutboundError = OutboundError(
-                        inbound.namespace, describe_error(exc), inbound.metadata
-                    )
-                else:
-                    reply = OutboundMessage(
-                        inbound.namespace, result.final_message, result, inbound.metadata
-                    )
-                try:
-                    if isinstance(reply, OutboundMessage):
-                        await channel.send(reply)
-                    else:
-                        await channel.send_error(reply)
-                except ChannelError as exc:
-                    log.warning("channel send failed: %s", exc)

@@ -18,7 +18,7 @@ import trio
 
 from orrad.errors import ContextLengthExceeded, MaxTurnsExceeded, ProviderError, ToolError
 from orrad.metrics import METRICS
-from orrad.model import Message, Namespace, ToolCall, ToolResult, Usage
+from orrad.model import Message, Namespace, RunSummary, ToolCall, ToolResult, Usage
 from orrad.runtime.context import ContextBudget, MessageCounter, fit_to_budget, truncate_tool_result
 from orrad.runtime.policy import PolicyRegistry
 from orrad.runtime.provider import (
@@ -65,6 +65,27 @@ class RunResult:
     turns: list[TurnResult]
     total_usage: Usage
     agent: str = ""
+
+    def summary(self) -> RunSummary:
+        """What a reply carries of this run."""
+        return RunSummary(self.agent, self.total_usage, len(self.turns))
+
+
+def _resume(session: Session, run_id: str) -> tuple[Message | None, bool]:
+    """Prepare ``session`` for run ``run_id``.
+
+    Returns ``(final answer, False)`` when the run completed before; otherwise ``(None,
+    removed)`` after taking out whatever an interrupted attempt left (``removed`` tells
+    whether the history was rewritten).
+    """
+    mine = [i for i, m in enumerate(session.messages) if m.run_id == run_id]
+    if not mine:
+        return None, False
+    last = session.messages[mine[-1]]
+    if len(mine) > 1 and last.role == "assistant" and not last.tool_calls:
+        return last, False
+    session.messages[:] = [m for m in session.messages if m.run_id != run_id]
+    return None, True
 
 
 class NamespaceLocks:
@@ -133,15 +154,36 @@ class Runtime:
         )
 
     async def run(
-        self, namespace: Namespace, message: Message, *, max_turns: int | None = None
+        self, namespace: Namespace, message: Message, *, max_turns: int | None = None,
+        run_id: str | None = None,
     ) -> RunResult:
+        """Answer ``message`` in ``namespace``'s session.
+
+        With a ``run_id`` (the ledger id of the inbound message) the run is idempotent: a
+        session that already holds this run's final answer returns it without calling the
+        provider, and a run that was cut short (a crash mid-run) is removed from the session
+        and done again, so the session never holds two copies of the message or its reply.
+        """
         async with self.locks.hold(namespace):
-            return await self._run_locked(namespace, message, max_turns or self.config.max_turns)
+            return await self._run_locked(namespace, message,
+                                          max_turns or self.config.max_turns, run_id)
 
     async def _run_locked(
-        self, namespace: Namespace, message: Message, max_turns: int
+        self, namespace: Namespace, message: Message, max_turns: int, run_id: str | None
     ) -> RunResult:
         session = await self.store.load(namespace) or Session(namespace.key)
+        if run_id is not None:
+            done, rewritten = _resume(session, run_id)
+            if done is not None:
+                log.info("run %s in %s was answered before; not running it again", run_id,
+                         namespace)
+                return RunResult(done, [], Usage(), self.name)
+            if rewritten:
+                log.info("run %s in %s was interrupted; running it again", run_id, namespace)
+                # Stores that append only the new tail need to be told the history changed.
+                replace = getattr(self.store, "replace", None)
+                await (replace(session) if replace is not None else self.store.save(session))
+            message.run_id = run_id
         session.push(message)
         await self.store.save(session)
         system = Message.system(self.config.system_prompt) if self.config.system_prompt else None
@@ -153,11 +195,14 @@ class Runtime:
             definitions = policy.filter(self.tools.definitions())
             response = await self._complete(system, session.messages, definitions)
             usage = usage + response.usage
+            response.message.run_id = run_id
             session.push(response.message)
             # Any tool call is tool use, whatever finish_reason says (orra kept dangling calls).
             if response.message.tool_calls:
                 results = await self._execute_tools(namespace, response.message.tool_calls)
-                session.push(Message.tool_result(results))
+                result_message = Message.tool_result(results)
+                result_message.run_id = run_id
+                session.push(result_message)
                 turns.append(TurnResult(response, results))
                 await self.store.save(session)
                 continue

@@ -67,6 +67,24 @@ MIGRATIONS: list[str] = [
     CREATE INDEX inbox_open ON inbox (source, state) WHERE state NOT IN ('delivered', 'failed');
     CREATE INDEX inbox_age ON inbox (created_at);
     """,
+    # The ledger replaces the per-channel inbox (one pipeline for every channel).
+    """
+    DROP TABLE inbox;
+    CREATE TABLE ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        state TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reply BLOB,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (source, delivery_id)
+    );
+    CREATE INDEX ledger_open ON ledger (source, state) WHERE state IN ('received', 'answered');
+    CREATE INDEX ledger_age ON ledger (created_at);
+    """,
 ]
 
 

@@ -59,6 +59,15 @@ class SqliteSessionStore:
             raise
         self._remember(session)
 
+    async def replace(self, session: Session) -> None:
+        """Save ``session`` whole: its history was rewritten, not only appended to."""
+        try:
+            await self.db.run(lambda conn: _save(conn, session, rewrite=True))
+        except BaseException:
+            self._cache.pop(session.namespace, None)
+            raise
+        self._remember(session)
+
     def _remember(self, session: Session) -> None:
         self._cache[session.namespace] = session
         self._cache.move_to_end(session.namespace)
@@ -94,14 +103,14 @@ def load_session(conn: sqlite3.Connection, key: str) -> Session | None:
     )
 
 
-def _save(conn: sqlite3.Connection, session: Session) -> None:
+def _save(conn: sqlite3.Connection, session: Session, *, rewrite: bool = False) -> None:
     key = session.namespace
     with transaction(conn):
         row = conn.execute(
             "SELECT message_count FROM sessions WHERE namespace = ?", (key,)
         ).fetchone()
         stored = 0 if row is None else int(row[0])
-        if stored > len(session.messages):
+        if rewrite or stored > len(session.messages):
             # The history was rewritten (shorter than what is stored): start over.
             conn.execute("DELETE FROM session_messages WHERE namespace = ?", (key,))
             stored = 0

@@ -25,7 +25,7 @@ from orrad.daemon import Daemon
 from orrad.http import HTTPServer, Request, Response, Router, json_response
 from orrad.metrics import METRICS
 from orrad.router import AgentSet
-from orrad.state import Inbox
+from orrad.state import Ledger
 from tests.scripted import ScriptedProvider, reply
 
 SECRET = "whsec_" + base64.b64encode(b"a" * 32).decode()
@@ -62,15 +62,11 @@ class Hook:
         return runner.channel
 
     async def inbox_ids(self) -> list[str]:
-        return [e.delivery_id for e in await Inbox(self.daemon.db).open_entries("webhook:hooks")
-                ] + [e.delivery_id for e in await self._finished()]
-
-    async def _finished(self) -> list[Any]:
-        def run(conn: Any) -> list[Any]:
-            return list(conn.execute(
-                "SELECT delivery_id, state FROM inbox WHERE state IN ('delivered', 'failed')"))
-        rows = await self.daemon.db.run(run)
-        return [msgspec.defstruct("E", [("delivery_id", str)])(r[0]) for r in rows]
+        """Every request id the pipeline's ledger recorded for the channel."""
+        def run(conn: Any) -> list[str]:
+            return [r[0] for r in conn.execute(
+                "SELECT delivery_id FROM ledger WHERE source = 'hooks' ORDER BY id")]
+        return await self.daemon.db.run(run)
 
 
 @asynccontextmanager
@@ -360,7 +356,7 @@ async def test_async_reply_goes_to_the_callback_with_retries(tmp_path: Path) -> 
         assert verified["message"] == "echo: hello" and verified["id"] == "cb1"
         assert hook.provider.runs == ["hello"]
         with trio.fail_after(5):
-            while (entry := await Inbox(hook.daemon.db).get("webhook:hooks", "cb1")
+            while (entry := await Ledger(hook.daemon.db).get("hooks", "cb1")
                    ) is None or entry.state != "delivered":
                 await trio.sleep(0.01)
 
@@ -375,7 +371,7 @@ async def test_callback_final_failure_is_counted(tmp_path: Path) -> None:
             while METRICS.callback_failures.get("hooks") == before:
                 await trio.sleep(0.01)
         assert len(sink.received) == 8
-        entry = await Inbox(hook.daemon.db).get("webhook:hooks", "doomed")
+        entry = await Ledger(hook.daemon.db).get("hooks", "doomed")
         assert entry is not None and entry.state == "failed"
 
 

@@ -1,21 +1,17 @@
 """``discord``: a Discord bot, reading the gateway and answering through REST.
 
 Exactly-once, end to end (CONTRACT §7): Discord delivers an event 0, 1 or N times, and a
-process can die at any point. So every ``MESSAGE_CREATE`` the bot should answer is first
-*claimed* in the durable inbox under its message id (a repeat is dropped), and only then is
-the gateway's resume point moved past it. An answer is stored in the inbox (state
-``answered``, with the number of chunks already posted) before it is posted, each chunk
-with a nonce derived from (message id, chunk index) so a retried post returns the
-original, and the entry becomes ``delivered`` after the last chunk. When the channel
-starts, it finishes what an earlier run left open: messages claimed but never answered go
-to the agent again (or, with ``routing.rerun_interrupted: false``, get an "interrupted"
-apology instead), answers stored but not fully posted are posted (the rest of them).
-
-An answer whose post fails for a reason that may pass (Discord's 5xx beyond the REST
-client's retries, a long rate limit, a Cloudflare ban pause, a network outage) stays
-``answered`` in the inbox, and a redelivery task posts it again, with a capped exponential
-backoff, while the channel runs; the deterministic nonces keep that exactly-once. Only a
-refusal of the message itself (403/404 on that channel...) records it ``failed``.
+process can die at any point. So every ``MESSAGE_CREATE`` the bot should answer goes to
+the pipeline under its message id (``delivery_id``) and the gateway's resume point moves
+past it only once the pipeline's ledger has recorded it; a repeat is dropped there. While
+the state store cannot be written the channel does not acknowledge (it keeps trying the
+same message), so a restart replays what was not stored. The pipeline keeps each answer
+until :meth:`send` confirms it was posted and delivers it again after a restart; every
+chunk is posted with a nonce derived from (message id, chunk index) and ``enforce_nonce``,
+so a repeated post returns the original instead of a second message. A post that fails
+for a reason that may pass (5xx beyond the REST client's retries, a long rate limit, a ban
+pause, a network outage) raises a *retryable* send error and the pipeline tries again
+later; a refusal of the message itself (403/404 on that channel...) is final.
 
 ``serve`` calls ``task_status.started()`` when the first gateway session is ready, or when
 the first connection attempt fails for a reason worth retrying (the channel then reports
@@ -30,7 +26,6 @@ import logging
 import random
 import secrets
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -39,7 +34,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from orrad.channels.base import BaseChannel, ChannelContext, no_typing
+from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.discord.gateway import (
     GatewayClient,
     GatewayOptions,
@@ -48,13 +43,12 @@ from orrad.channels.discord.gateway import (
     SessionPersistence,
 )
 from orrad.channels.discord.inbound import InboundRules, intents_for, parse_message_create
-from orrad.channels.discord.rest import RestClient, RestError, RestOptions
+from orrad.channels.discord.rest import RestClient, RestOptions
 from orrad.channels.discord.split import DISCORD_LIMIT, MAX_CHUNKS, TRUNCATED, split_message
 from orrad.config import ChannelConfig, DiscordChannelConfig
-from orrad.errors import ChannelSendError, FatalChannelError, InvalidNamespace, StoreError
-from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
-from orrad.state.db import Database
-from orrad.state.inbox import Inbox, InboxEntry
+from orrad.delivery import no_typing
+from orrad.errors import ChannelClosed, ChannelSendError, FatalChannelError
+from orrad.model import OutboundError, OutboundMessage
 from orrad.state.kv import KeyValueStore
 
 __all__ = ["MAX_CHUNKS", "TRUNCATED", "DiscordChannel", "DiscordOptions", "reply_nonce"]
@@ -62,16 +56,9 @@ __all__ = ["MAX_CHUNKS", "TRUNCATED", "DiscordChannel", "DiscordOptions", "reply
 log = logging.getLogger(__name__)
 
 EMPTY_ANSWER = "(the agent returned an empty answer)"
-INTERRUPTED = ("Sorry, something went wrong: interrupted: the daemon restarted before "
-               "answering this message; please send it again.")
 MAX_ERROR_CHARS = 300
-_DEDUPE_MEMORY = 10_000  # message ids remembered when there is no database
-
-# Message ids handed to the router and not yet answered, per database and inbox source.
-# Process-wide because a restarted channel is a new object while the previous
-# generation's messages may still be running: its replay must not run them twice.
-_IN_FLIGHT: weakref.WeakKeyDictionary[Database, dict[str, set[str]]] = (
-    weakref.WeakKeyDictionary())
+DEDUPE_MEMORY = 10_000  # message ids this generation remembers (the ledger remembers all)
+STORE_RETRY_MAX_S = 5.0
 
 
 def reply_nonce(message_id: str, index: int) -> str:
@@ -91,10 +78,6 @@ class DiscordOptions:
     rest: RestOptions | None = None
     typing_interval_s: float = 8.0  # Discord's indicator lasts ~10 s
     rng: random.Random | None = None
-    # Redelivery of answers whose post failed: first wait, doubling up to the cap (the cap
-    # is also how often the inbox is checked when nothing failed here).
-    redeliver_initial_s: float = 1.0
-    redeliver_max_s: float = 60.0
 
 
 class DiscordChannel(BaseChannel):
@@ -115,16 +98,12 @@ class DiscordChannel(BaseChannel):
         self.discord_config = config
         self.options = options or DiscordOptions()
         self.rules = InboundRules.from_config(config)
-        self.source = f"discord:{self.name}"
+        self.source = f"discord:{self.name}"  # scope of the resume state in the database
         where = context.file or f"the channel file of {self.name!r}"
         self.rest = RestClient(config.token, config.api_base, where=where,
                                options=self.options.rest, rng=self.options.rng)
         self.rest.on_ban = self._on_rest_ban
         db = context.db
-        self._inbox = Inbox(db) if db is not None else None
-        self._in_flight: set[str] = (
-            _IN_FLIGHT.setdefault(db, {}).setdefault(self.source, set()) if db is not None
-            else set())
         persistence: SessionPersistence = (
             KVSessionPersistence(KeyValueStore(db, self.source)) if db is not None
             else MemorySessionPersistence())
@@ -142,10 +121,8 @@ class DiscordChannel(BaseChannel):
         self._sends = 0
         self._fatal: FatalChannelError | None = None
         self._fatal_event = trio.Event()
-        self._replayed = trio.Event()
-        self._backlog: list[InboxEntry] = []
+        self._closing = False
         self._typing: dict[str, tuple[int, trio.CancelScope]] = {}
-        self._redeliver = trio.Event()  # set: an answer is waiting to be posted again
         self._gateway_up = False
         self._ban_reason: str | None = None
 
@@ -158,19 +135,16 @@ class DiscordChannel(BaseChannel):
         self._serving = True
         fatal: FatalChannelError | None = None
         try:
-            if self._inbox is not None:
-                # Taken before the gateway runs: anything claimed from now on is handled
-                # by this run, not replayed.
-                self._backlog = await self._inbox.open_entries(self.source)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_fatal)
-                if self._inbox is not None:
-                    nursery.start_soon(self._redeliver_loop, self._inbox)
                 try:
                     await self.gateway.run()
                 except FatalChannelError as exc:
                     fatal = exc
+                except ChannelClosed:
+                    if not self._closing:
+                        raise
                 nursery.cancel_scope.cancel()
             self._nursery = None
             fatal = fatal or self._fatal
@@ -196,6 +170,7 @@ class DiscordChannel(BaseChannel):
 
         Answers still being computed are posted when ready; REST outlives ``serve``.
         """
+        self._closing = True
         await self.gateway.close(1000 if removed else 4000)
         self.close_intake()
 
@@ -217,8 +192,6 @@ class DiscordChannel(BaseChannel):
         if not self._started and self._task_status is not None:
             self._started = True
             self._task_status.started()
-            if self._nursery is not None:
-                self._nursery.start_soon(self._replay_backlog)
 
     def _on_ready(self, resumed: bool) -> None:
         self._mark_started()
@@ -250,13 +223,13 @@ class DiscordChannel(BaseChannel):
         log.info("%s: the Discord REST pause is over", self.name)
         if self._gateway_up:
             self.context.report_connection(True, "Discord REST ban over")
-        self._redeliver.set()
 
     # -- inbound -------------------------------------------------------------------------
 
     async def _on_dispatch(self, event: str, data: dict[str, Any]) -> bool:
-        """Handle one gateway event; true when a message was claimed in the inbox (the
-        gateway then saves its resume point at once)."""
+        """Handle one gateway event; true when a message was recorded by the pipeline (the
+        gateway then saves its resume point at once). Returns only once the message is
+        stored: while the store refuses it, the same message is offered again."""
         if event != "MESSAGE_CREATE":
             return False
         bot_id = self.gateway.user_id
@@ -268,138 +241,31 @@ class DiscordChannel(BaseChannel):
         if parsed is None:
             return False
         message_id, inbound = parsed.message_id, parsed.inbound
-        inbound.metadata["channel"] = self.name
-        if self._inbox is not None:
-            new, _ = await self._inbox.claim(
-                self.source, message_id, inbound.namespace.key,
-                {"content": inbound.message.content, "metadata": inbound.metadata})
-        else:
-            new = message_id not in self._seen
-            self._seen[message_id] = None
-            while len(self._seen) > _DEDUPE_MEMORY:
-                self._seen.popitem(last=False)
-        if not new:
+        if message_id in self._seen:
             log.info("%s: message %s seen before; not answering it again", self.name,
                      message_id)
-            return False
-        # Marked before anything can wait, so the backlog replay never takes it too.
-        self._in_flight.add(message_id)
-        handed = False
-        try:
-            # Messages left over from an earlier run go first.
-            await self._replayed.wait()
-            handed = await self._hand_over(message_id, inbound)
-        finally:
-            if not handed:
-                self._in_flight.discard(message_id)
-        return self._inbox is not None
-
-    async def _hand_over(self, message_id: str, inbound: InboundMessage) -> bool:
-        """Give ``inbound`` to the router (via :meth:`receive`); False when closing.
-
-        A message not handed over stays claimed-but-unanswered in the inbox, and the
-        channel's next start answers it.
-        """
-        self._in_flight.add(message_id)
-        handed = False
-        try:
-            await self.deliver(inbound)
-            handed = True
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            log.info("%s: stopping; message %s will be answered after the restart",
-                     self.name, message_id)
-        finally:
-            if not handed:
-                self._in_flight.discard(message_id)
-        return handed
-
-    async def _replay_backlog(self) -> None:
-        """Finish what an earlier run left open (see the module docstring)."""
-        rerun = self.context.daemon.routing.rerun_interrupted
-        try:
-            backlog, self._backlog = self._backlog, []
-            for entry in backlog:
-                if entry.delivery_id in self._in_flight:
-                    continue  # an earlier generation in this process is still on it
-                metadata = dict(entry.payload.get("metadata") or {})
-                if entry.state == "answered" and entry.reply is not None:
-                    self._in_flight.add(entry.delivery_id)
-                    log.info("%s: posting the stored answer to message %s", self.name,
-                             entry.delivery_id)
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._repost, entry.delivery_id, metadata,
-                                             str(entry.reply.get("content", "")))
-                    continue
-                if not rerun:
-                    # routing.rerun_interrupted: false: the user hears it was interrupted.
-                    self._in_flight.add(entry.delivery_id)
-                    log.info("%s: message %s was accepted before a restart and not "
-                             "answered; telling the user (rerun_interrupted is false)",
-                             self.name, entry.delivery_id)
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._repost, entry.delivery_id, metadata,
-                                             INTERRUPTED)
-                    continue
-                try:
-                    namespace = Namespace.parse(entry.namespace)
-                except InvalidNamespace:
-                    continue
-                log.info("%s: answering message %s, accepted before a restart", self.name,
-                         entry.delivery_id)
-                content = str(entry.payload.get("content", ""))
-                await self._hand_over(
-                    entry.delivery_id, InboundMessage(namespace, Message.user(content), metadata))
-        finally:
-            self._replayed.set()
-
-    async def _repost(self, message_id: str, metadata: dict[str, Any], content: str) -> None:
-        try:
-            await self._post(metadata, content)
-        except ChannelSendError as exc:
-            log.warning("%s: stored answer to message %s not delivered: %s", self.name,
-                        message_id, exc)
-        except Exception:
-            log.exception("%s: stored answer to message %s not delivered", self.name,
-                          message_id)
-        finally:
-            self._in_flight.discard(message_id)
-
-    async def _redeliver_loop(self, inbox: Inbox) -> None:
-        """Post again the answers whose post failed for a passing reason (module docstring).
-
-        Woken by such a failure; then every pass waits longer (doubling, capped) while
-        something is left. Also looks every ``redeliver_max_s`` anyway, for answers left by
-        an earlier channel generation of this process.
-        """
-        delay = self.options.redeliver_initial_s
-        while self.rest.fatal is None:
-            with trio.move_on_after(self.options.redeliver_max_s):
-                await self._redeliver.wait()
+            return True
+        inbound.metadata["channel"] = self.name
+        inbound.delivery_id = message_id
+        delay = 0.5
+        while True:
+            # Raises ChannelClosed while stopping: the gateway then leaves the resume point
+            # before this message, and the next start reads it again.
+            receipt = await self.accept(inbound)
+            if receipt.error is None:
+                break
+            if delay == 0.5:
+                log.error("%s: message %s could not be stored (%s); not acknowledging it, "
+                          "trying again", self.name, message_id, receipt.error)
             await trio.sleep(delay)
-            self._redeliver = trio.Event()  # a failure during this pass sets the new one
-            if self.rest.fatal is not None:
-                return
-            try:
-                await self._redeliver_once(inbox)
-            except StoreError as exc:
-                log.warning("%s: cannot read the inbox to post answers again: %s",
-                            self.name, exc)
-                self._redeliver.set()
-            if self._redeliver.is_set():
-                delay = min(delay * 2, self.options.redeliver_max_s)
-            else:
-                delay = self.options.redeliver_initial_s
-
-    async def _redeliver_once(self, inbox: Inbox) -> None:
-        for entry in await inbox.open_entries(self.source):
-            if (entry.state != "answered" or entry.reply is None
-                    or entry.delivery_id in self._in_flight):
-                continue  # not answered yet, or being posted right now
-            self._in_flight.add(entry.delivery_id)
-            log.info("%s: posting the answer to message %s again", self.name,
-                     entry.delivery_id)
-            await self._repost(entry.delivery_id, dict(entry.payload.get("metadata") or {}),
-                               str(entry.reply.get("content", "")))
+            delay = min(delay * 2, STORE_RETRY_MAX_S)
+        self._seen[message_id] = None
+        while len(self._seen) > DEDUPE_MEMORY:
+            self._seen.popitem(last=False)
+        if not receipt.new:
+            log.info("%s: message %s seen before; not answering it again", self.name,
+                     message_id)
+        return True
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -417,52 +283,29 @@ class DiscordChannel(BaseChannel):
     async def _post(self, metadata: Mapping[str, Any], content: str) -> None:
         message_id = metadata.get("message_id")
         message_id = message_id if isinstance(message_id, str) and message_id else None
-        tracked = self._inbox is not None and message_id is not None
+        channel_id = metadata.get("channel_id")
+        if not isinstance(channel_id, str) or not channel_id:
+            raise ChannelSendError("missing channel_id in metadata")  # no retry can fix it
+        chunks = self._chunks(content)
         self._sends += 1
-        # Everything in the try: whatever fails, the message id leaves _in_flight (so the
-        # redelivery task, or the next start, can take the answer up again).
         try:
-            channel_id = metadata.get("channel_id")
-            if not isinstance(channel_id, str) or not channel_id:
-                if tracked:
-                    await self._record(message_id, "failed")  # no retry can fix that
-                raise ChannelSendError("missing channel_id in metadata")
-            chunks = self._chunks(content)
-            done = await self._begin_answer(message_id, content) if tracked else 0
-            if done < 0:
-                return  # this very answer was delivered already
-            for index in range(done, len(chunks)):
+            for index in range(len(chunks)):
                 nonce = (reply_nonce(message_id, index) if message_id is not None
                          else secrets.token_hex(12))
                 await self.rest.create_message(
                     channel_id, chunks[index],
                     reply_to=message_id if index == 0 else None, nonce=nonce)
-                if tracked:
-                    await self._record(message_id, "answered",
-                                       {"content": content, "sent": index + 1})
-            if tracked:
-                await self._record(message_id, "delivered")
         except FatalChannelError as exc:
+            # The token was rejected: the channel fails; the answer waits for a fixed one.
             self._set_fatal(exc)
-            raise
-        except RestError as exc:
-            if tracked and not exc.retryable:
-                # Discord refused the message itself (permissions, unknown channel...):
-                # posting it again would fail the same way.
-                await self._record(message_id, "failed")
-            elif tracked:
-                self._redeliver.set()
-            raise
+            raise ChannelSendError(str(exc), retryable=True) from None
         except ChannelSendError:
-            raise  # our own refusal (no channel id): nothing a retry changes
-        except Exception:
-            if tracked:
-                self._redeliver.set()
-            raise
+            raise  # RestError says itself whether a retry may help
+        except Exception as exc:
+            log.exception("%s: posting an answer failed", self.name)
+            raise ChannelSendError(f"{type(exc).__name__}: {exc}", retryable=True) from None
         finally:
             self._sends -= 1
-            if message_id is not None:
-                self._in_flight.discard(message_id)
             with trio.move_on_after(2.0, shield=True):
                 await self._release_rest()
 
@@ -484,28 +327,6 @@ class DiscordChannel(BaseChannel):
                         "%d and a truncation notice", self.name, len(content), MAX_CHUNKS,
                         MAX_CHUNKS - 1)
         return chunks or [EMPTY_ANSWER]
-
-    async def _begin_answer(self, message_id: str | None, content: str) -> int:
-        """Store the answer before posting; return how many chunks are already posted,
-        or -1 when the same answer was delivered completely before."""
-        assert self._inbox is not None and message_id is not None
-        entry = await self._inbox.get(self.source, message_id)
-        done = 0
-        if entry is not None and entry.state == "delivered" and entry.reply is not None and (
-                entry.reply.get("content") == content):
-            return -1
-        if entry is not None and entry.reply is not None and entry.state == "answered" and (
-                entry.reply.get("content") == content):
-            sent = entry.reply.get("sent", 0)
-            done = sent if isinstance(sent, int) else 0
-        await self._inbox.record(self.source, message_id, "answered",
-                                 {"content": content, "sent": done})
-        return done
-
-    async def _record(self, message_id: str | None, state: Any,
-                      reply: dict[str, Any] | None = None) -> None:
-        assert self._inbox is not None and message_id is not None
-        await self._inbox.record(self.source, message_id, state, reply)
 
     # -- typing --------------------------------------------------------------------------
 

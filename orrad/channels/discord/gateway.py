@@ -68,7 +68,7 @@ from trio_websocket import (
 )
 
 from orrad.channels.discord.rest import RestClient, RestError
-from orrad.errors import FatalChannelError, StoreError
+from orrad.errors import ChannelClosed, FatalChannelError, StoreError
 from orrad.state.kv import KeyValueStore
 
 __all__ = [
@@ -333,7 +333,8 @@ class GatewayClient:
     needed; it raises :class:`~orrad.errors.FatalChannelError` for failures a retry cannot
     fix. Callbacks: ``on_dispatch(event, data)`` (awaited, in order, off the reader; it
     returns true when it stored something durable, and an exception other than
-    :class:`~orrad.errors.StoreError` skips the event),
+    :class:`~orrad.errors.StoreError` or :class:`~orrad.errors.ChannelClosed` skips the
+    event),
     ``on_ready(resumed)`` when a connection is established (READY or RESUMED),
     ``on_down(reason)`` when a connection is lost or cannot be made. ``where`` names the
     configuration to fix in fatal errors; the token never appears in a message or log.
@@ -513,8 +514,10 @@ class GatewayClient:
         if self.on_dispatch is not None:
             try:
                 durable = bool(await self.on_dispatch(item.event, item.data))
-            except StoreError:
-                raise  # the store is broken: restart the channel, do not skip the event
+            except (StoreError, ChannelClosed):
+                # Not stored (the store is broken, or the channel is closing): never move
+                # the resume point past it, so Discord replays it.
+                raise
             except Exception:
                 # A malformed event (or a bug in handling it) must not kill the gateway:
                 # the resume would replay it and die again. Skip it, and move past it.

@@ -48,8 +48,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from orrad import __version__
 from orrad.errors import ChannelSendError, FatalChannelError
+from orrad.version import __version__
 
 __all__ = [
     "USER_AGENT",
@@ -82,8 +82,7 @@ class RestError(ChannelSendError):
     ) -> None:
         self.status = status
         self.code = code
-        self.retryable = retryable
-        super().__init__(message)
+        super().__init__(message, retryable=retryable)
 
 
 class RateLimitTooLong(RestError):

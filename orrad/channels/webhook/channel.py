@@ -3,11 +3,13 @@
 ``POST {path}`` takes ``{"message", "namespace"?, "agent"?, "metadata"?, "callback_url"?,
 "id"?}``. Checks run cheapest first and nothing is stored before all pass: body size (the
 server answers 413 before reading), content type, credentials over the raw body, JSON and
-fields, namespace. Then the request's id is claimed in the inbox (committed before any 2xx),
-so a repeated id never runs the agent twice, also across restarts: a synchronous repeat gets
-the stored reply (409 ``in_progress`` while the first still runs), an asynchronous repeat
-the same 202. Replies of asynchronous requests are POSTed to ``callback_url``, signed and
-retried with backoff.
+fields, namespace, agent. Then the message goes to the pipeline under its request id and
+is answered only once the pipeline's ledger has recorded it (a full disk is a 503, never a
+2xx), so a repeated id never runs the agent twice, also across restarts: a synchronous
+repeat gets the stored reply (409 ``in_progress`` while the first still runs), an
+asynchronous repeat the same 202. Replies of asynchronous requests are POSTed to
+``callback_url``, signed and retried; the ledger delivers an unconfirmed one again after a
+restart, with the same ``webhook-id`` and body.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import httpx
 import msgspec
 import trio
 
-from orrad.api import STATUS_FOR_CODE, reply_body
 from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.webhook.auth import WebhookAuth
-from orrad.channels.webhook.callbacks import CallbackSender
+from orrad.channels.webhook.callbacks import post_callback
 from orrad.config import ChannelConfig, WebhookChannelConfig
-from orrad.errors import InvalidNamespace, StoreError
+from orrad.delivery import error_body, reply_body, status_for_code
+from orrad.errors import ChannelClosed, ChannelSendError, InvalidNamespace
 from orrad.http import (
     HTTPError,
     HTTPServer,
@@ -36,8 +38,6 @@ from orrad.http import (
     json_response,
 )
 from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
-from orrad.state import Database, Inbox
-from orrad.state.inbox import InboxState
 
 __all__ = ["WebhookChannel"]
 
@@ -48,7 +48,6 @@ MAX_ID_LENGTH = 256
 # keep-alive connections are closed after KEEPALIVE_S.
 BODY_TIMEOUT_S = 10.0
 KEEPALIVE_S = 5.0
-ID_METADATA_KEY = "webhook_id"
 
 
 class WebhookRequest(msgspec.Struct):
@@ -69,15 +68,6 @@ class _Pending:
         self.body: dict[str, Any] = {}
 
 
-# Ids whose run is in progress in this process, per inbox source. Shared across channel
-# generations: after a crash-restart the new generation must not re-run a message the
-# router is still working on for the old one.
-_RUNNING: dict[str, set[str]] = {}
-# The callback sender of the generation currently serving each source: a reply that an
-# older generation's run produces goes to the live sender, not to a dead one.
-_LIVE_SENDERS: dict[str, CallbackSender] = {}
-
-
 def _valid_callback(raw: str) -> bool:
     try:
         url = httpx.URL(raw)
@@ -85,10 +75,6 @@ def _valid_callback(raw: str) -> bool:
         return False
     return (url.scheme in ("http", "https") and bool(url.host) and " " not in raw
             and (url.port is None or 0 < url.port < 65536))
-
-
-def _error_body(request_id: str, code: str, message: str) -> dict[str, Any]:
-    return {"id": request_id, "error": {"code": code, "message": message}}
 
 
 class WebhookChannel(BaseChannel):
@@ -101,16 +87,9 @@ class WebhookChannel(BaseChannel):
         self.cfg = config
         self.prefix = Namespace.parse(config.namespace_prefix or f"webhook:{self.name}")
         self.auth = WebhookAuth(config.auth)
-        if context.db is None:
-            raise StoreError("the webhook channel needs the state database")
-        self.db: Database = context.db
-        self.inbox = Inbox(context.db)
-        self.source = f"webhook:{self.name}"
-        self._running = _RUNNING.setdefault(self.source, set())
         self._pending: dict[str, _Pending] = {}
-        self._callback_urls: dict[str, str] = {}
-        self._recovered = trio.Event()
         self._server: HTTPServer | None = None
+        self._client: httpx.AsyncClient | None = None
         self.address: tuple[str, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -122,49 +101,23 @@ class WebhookChannel(BaseChannel):
                               body_timeout_s=BODY_TIMEOUT_S, header_timeout_s=BODY_TIMEOUT_S,
                               keepalive_timeout_s=KEEPALIVE_S)
         self._server = HTTPServer(router, limits=limits, name=f"webhook:{self.name}")
-        callbacks: CallbackSender | None = None
-        try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
-                    trio.open_nursery() as nursery:
-                callbacks = CallbackSender(client, self.auth, self.inbox, self.source,
-                                           self.name)
-                await nursery.start(callbacks.serve)
-                _LIVE_SENDERS[self.source] = callbacks
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
+                trio.open_nursery() as nursery:
+            self._client = client
+            try:
                 self.address = await nursery.start(self._server.serve, self.cfg.listen)
                 log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
                          self.cfg.path)
                 task_status.started()
-                # After started(): recovered messages go through receive(), which the
-                # supervisor only starts pumping once the channel is up. New requests wait
-                # for recovery so a namespace's older messages keep their place.
-                await self._recover()
-                self._recovered.set()
-        finally:
-            if callbacks is not None and _LIVE_SENDERS.get(self.source) is callbacks:
-                del _LIVE_SENDERS[self.source]
+                await trio.sleep_forever()
+            finally:
+                self._client = None
+                self.close_intake()
 
     async def aclose(self, *, removed: bool = False) -> None:
         """Refuse new requests and let in-flight ones get their replies (server drain)."""
         if self._server is not None:
             await self._server.stop()
-
-    async def _recover(self) -> None:
-        """Finish what a previous process accepted: rerun unanswered messages (or answer
-        them with an error, per ``routing.rerun_interrupted``) and redeliver callbacks."""
-        rerun = self.context.daemon.routing.rerun_interrupted
-        for entry in await self.inbox.open_entries(self.source):
-            # Answered ones are the callback sender's (it scans the inbox itself).
-            if entry.delivery_id in self._running or entry.state != "received":
-                continue
-            callback = entry.payload.get("callback_url")
-            if rerun:
-                log.info("webhook %s: re-running interrupted request %s", self.name,
-                         entry.delivery_id)
-                await self._submit(entry.delivery_id, Namespace.parse(entry.namespace),
-                                   entry.payload)
-            else:
-                await self._store_reply(entry.delivery_id, callback, 503, _error_body(
-                    entry.delivery_id, "interrupted", "the daemon restarted before answering"))
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -184,31 +137,37 @@ class WebhookChannel(BaseChannel):
             raise HTTPError(400, "bad_request", "invalid request id")
         namespace = self._namespace(body.namespace)
         self._check_agent(body.agent if body.agent else body.metadata.get("agent"))
-        await self._recovered.wait()
-        payload = {
-            "message": body.message,
-            "agent": body.agent,
-            "metadata": body.metadata,
-            "callback_url": body.callback_url,
-        }
+        metadata = dict(body.metadata)
+        if body.agent:
+            metadata["agent"] = body.agent
+        reply_to = {"callback_url": body.callback_url} if body.callback_url else {}
+        inbound = InboundMessage(namespace, Message.user(body.message), metadata,
+                                 delivery_id=request_id, reply_to=reply_to)
+        # Registered before the message is handed over: the answer can be ready before the
+        # receipt is read. Only the request that registered it removes it.
+        pending = self._pending.get(request_id)
+        owner = pending is None and not body.callback_url
+        if owner:
+            pending = self._pending[request_id] = _Pending()
         try:
-            new, entry = await self.inbox.claim(self.source, request_id, namespace.key, payload)
-        except StoreError as exc:
-            log.error("webhook %s cannot store request %s: %s", self.name, request_id, exc)
-            raise HTTPError(503, "unavailable", "the state store is unavailable") from None
-        if not new:
-            return self._repeat(request_id, entry.payload, entry.reply)
-        if body.callback_url:
-            await self._submit(request_id, namespace, payload)
-            return json_response(202, {"id": request_id, "status": "accepted"})
-        pending = self._pending[request_id] = _Pending()
-        try:
-            await self._submit(request_id, namespace, payload)
+            try:
+                receipt = await self.accept(inbound)
+            except ChannelClosed:
+                raise HTTPError(503, "unavailable", "the channel is shutting down") from None
+            if receipt.error is not None:
+                raise HTTPError(503, "unavailable",
+                                "the state store is unavailable; retry later") from None
+            if not receipt.new:
+                return self._repeat(request_id, receipt.reply, bool(body.callback_url))
+            if body.callback_url:
+                return json_response(202, {"id": request_id, "status": "accepted"})
+            assert pending is not None
             with trio.move_on_after(self.cfg.reply_timeout_s):
                 await pending.done.wait()
                 return json_response(pending.status, pending.body)
         finally:
-            self._pending.pop(request_id, None)
+            if owner:
+                self._pending.pop(request_id, None)
         raise HTTPError(504, "timeout",
                         f"no reply within {self.cfg.reply_timeout_s:g}s; retry with the same "
                         "id to get it later")
@@ -231,7 +190,7 @@ class WebhookChannel(BaseChannel):
         stored (a 4xx stores nothing), so a corrected retry with the same id can run."""
         if name is None:
             return
-        known = {agent.lower() for agent in self.context.daemon.agents}
+        known = {agent.lower() for agent in self.context.agent_names()}
         if not isinstance(name, str) or name.lower() not in known:
             raise HTTPError(400, "unknown_agent",
                             f"unknown agent {name!r}; known agents: {', '.join(sorted(known))}")
@@ -245,55 +204,48 @@ class WebhookChannel(BaseChannel):
         except InvalidNamespace as exc:
             raise HTTPError(400, "bad_request", f"invalid namespace: {exc}") from None
 
-    def _repeat(self, request_id: str, payload: dict[str, Any],
-                reply: dict[str, Any] | None) -> Response:
-        if payload.get("callback_url"):
+    def _repeat(self, request_id: str, reply: OutboundMessage | OutboundError | None,
+                asynchronous: bool) -> Response:
+        """A request id seen before: the same answer as the first time."""
+        if reply is not None:
+            asynchronous = bool(reply.reply_to.get("callback_url"))
+        if asynchronous:
             return json_response(202, {"id": request_id, "status": "accepted"})
         if reply is not None:
-            return json_response(int(reply["status"]), reply["body"])
+            status, body = self._render(request_id, reply)
+            return json_response(status, body)
         raise HTTPError(409, "in_progress", f"request {request_id} is still running")
-
-    async def _submit(self, request_id: str, namespace: Namespace,
-                      payload: dict[str, Any]) -> None:
-        metadata = dict(payload.get("metadata") or {})
-        if payload.get("agent"):
-            metadata["agent"] = payload["agent"]
-        metadata[ID_METADATA_KEY] = request_id
-        if payload.get("callback_url"):
-            self._callback_urls[request_id] = payload["callback_url"]
-        self._running.add(request_id)
-        await self.deliver(InboundMessage(namespace, Message.user(payload["message"]), metadata))
 
     # -- replies -------------------------------------------------------------------------
 
+    def _render(self, request_id: str,
+                reply: OutboundMessage | OutboundError) -> tuple[int, dict[str, Any]]:
+        if isinstance(reply, OutboundMessage):
+            return 200, reply_body(reply, request_id, self.context.instance)
+        return (status_for_code(reply.code),
+                error_body(request_id, reply.code, reply.error))
+
     async def send(self, response: OutboundMessage) -> None:
-        request_id = str(response.metadata[ID_METADATA_KEY])
-        body = reply_body(response, request_id, self.context.instance)
-        await self._finish(request_id, 200, body)
+        await self._finish(response)
 
     async def send_error(self, error: OutboundError) -> None:
-        request_id = str(error.metadata[ID_METADATA_KEY])
-        status = STATUS_FOR_CODE.get(error.code, 502)
-        await self._finish(request_id, status, _error_body(request_id, error.code, error.error))
+        await self._finish(error)
 
-    async def _finish(self, request_id: str, status: int, body: dict[str, Any]) -> None:
-        callback = self._callback_urls.pop(request_id, None)
-        try:
-            await self._store_reply(request_id, callback, status, body)
-        finally:
-            self._running.discard(request_id)
+    async def _finish(self, reply: OutboundMessage | OutboundError) -> None:
+        """Hand the reply to its waiting request, or POST it to its callback.
+
+        A synchronous reply is delivered once the pipeline has it (stored, a retry of the
+        request gets it); a callback only once the receiver accepted it.
+        """
+        request_id = reply.delivery_id or ""
+        status, body = self._render(request_id, reply)
         pending = self._pending.get(request_id)
         if pending is not None:
             pending.status, pending.body = status, body
             pending.done.set()
-
-    async def _store_reply(self, request_id: str, callback: str | None, status: int,
-                           body: dict[str, Any]) -> None:
-        reply = {"status": status, "body": body}
-        # Sync replies count as delivered once stored: a client that missed the response
-        # gets it on retry. Async ones are delivered when the callback succeeds.
-        state: InboxState = "answered" if callback else "delivered"
-        await self.inbox.record(self.source, request_id, state, reply)
-        sender = _LIVE_SENDERS.get(self.source)
-        if callback and sender is not None:
-            sender.offer(request_id, callback, body)
+        url = reply.reply_to.get("callback_url")
+        if not isinstance(url, str) or not url:
+            return
+        if self._client is None:
+            raise ChannelSendError("the channel is not serving", retryable=True)
+        await post_callback(self._client, self.auth, self.name, request_id, url, body)

@@ -27,7 +27,7 @@ from orrad.config import DaemonConfig, DiscordChannelConfig
 from orrad.router import AgentSet, Router
 from orrad.runtime.provider import Provider
 from orrad.runtime.providers.echo import EchoProvider
-from orrad.state import Database
+from orrad.state import Database, Ledger
 from tests.fakes.discord import FakeDiscord
 
 TIMEOUT = 3.0
@@ -48,8 +48,6 @@ def fast_options(**gateway: Any) -> DiscordOptions:
                          max_wait_s=5.0),
         typing_interval_s=0.2,
         rng=random.Random(7),
-        redeliver_initial_s=0.05,
-        redeliver_max_s=0.4,
     )
 
 
@@ -126,11 +124,15 @@ async def run_bot(
     options: DiscordOptions | None = None, wait_ready: bool = True,
     daemon: DaemonConfig | None = None, **config: Any,
 ) -> AsyncIterator[Bot]:
-    """Serve a channel and pump its messages through a router, like the supervisor."""
+    """Serve a channel and pump its messages through a router (with the ledger when there
+    is a database), like the daemon."""
     log = ConnectionLog()
     channel = make_channel(fake, db, options=options, log=log, daemon=daemon, **config)
     runtime = Runtime(provider or EchoProvider(), MemorySessionStore())
-    router = Router(AgentSet({"default": runtime}, "default"))
+    rerun = daemon.routing.rerun_interrupted if daemon is not None else True
+    router = Router(AgentSet({"default": runtime}, "default"),
+                    ledger=Ledger(db) if db is not None else None, rerun_interrupted=rerun,
+                    redeliver_initial_s=0.05, redeliver_max_s=0.4)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.serve)
 
@@ -138,8 +140,7 @@ async def run_bot(
             async with trio.open_nursery() as inner:
                 await inner.start(channel.serve)
                 task_status.started()
-                while (inbound := await channel.receive()) is not None:
-                    await router.submit(inbound, channel)
+                await router.pump(channel, source="bot")
 
         with trio.fail_after(TIMEOUT):
             if wait_ready:

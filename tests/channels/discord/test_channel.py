@@ -12,12 +12,14 @@ import pytest
 import trio
 
 from orrad.channels.discord import channel as channel_module
-from orrad.channels.discord.channel import INTERRUPTED, reply_nonce
+from orrad.channels.discord.channel import reply_nonce
 from orrad.channels.discord.split import split_message
 from orrad.config import DaemonConfig
+from orrad.delivery import StoredReply
 from orrad.errors import ChannelSendError, ProviderError
 from orrad.model import Namespace, OutboundError
-from orrad.state.inbox import Inbox
+from orrad.router import INTERRUPTED
+from orrad.state import Ledger
 from tests.channels.discord.harness import (
     assert_answered_once,
     balanced,
@@ -70,7 +72,7 @@ async def test_long_answer_is_split_with_only_the_first_chunk_replying(tmp_path:
         assert all(status == 200 for _, status in message_posts(fake))
         assert_answered_once(fake, [mid])
         entry = await _entry(tmp_path, mid)
-        assert entry == ("delivered", 3)
+        assert entry == "delivered"
 
 
 async def test_bucket_429_waits_and_posts_once(tmp_path: Path) -> None:
@@ -146,7 +148,7 @@ async def test_missing_permission_fails_that_message_only(tmp_path: Path) -> Non
         assert posts(fake) == ["echo: fine here"]
         assert len([r for r in fake.rest_requests
                     if r.route == MESSAGES and r.path.endswith("/201/messages")]) == 1
-        assert (await _entry(tmp_path, denied))[0] == "failed"
+        assert await _entry(tmp_path, denied) == "failed"
         assert_answered_once(fake, [ok])
 
 
@@ -206,25 +208,27 @@ async def test_claimed_but_unanswered_message_is_answered_after_a_crash(tmp_path
         assert_answered_once(fake, [mid])
 
 
-async def test_partly_posted_answer_is_finished_after_a_restart(tmp_path: Path) -> None:
+async def test_stored_answer_is_posted_after_a_restart(tmp_path: Path) -> None:
     text = long_answer()
     async with fake_discord() as fake:
         async with open_db(tmp_path) as db:
-            inbox = Inbox(db)
+            ledger = Ledger(db)
             metadata = {"channel_id": "200", "message_id": "777", "guild_id": "300",
                         "author_id": "500", "author_name": "alice", "channel": "bot"}
-            await inbox.claim("discord:bot", "777", "discord:300:200:500",
-                              {"content": "explain", "metadata": metadata})
-            await inbox.record("discord:bot", "777", "answered", {"content": text, "sent": 1})
+            _, entry = await ledger.record("bot", "777", "discord:300:200:500", {
+                "message": {"role": "user", "content": "explain"}, "metadata": metadata,
+                "reply_to": {}, "agent": None})
+            await ledger.answer(entry.id, msgspec.to_builtins(
+                StoredReply(True, text, "default")))
             async with run_bot(fake, db) as bot:
-                await until(fake, lambda: len(fake.messages_posted) == 2)
+                await until(fake, lambda: len(fake.messages_posted) == 3)
                 await trio.sleep(0.2)
                 await bot.stop()
-        assert [m["content"] for m in fake.messages_posted] == split_message(text)[1:]
-        assert [m["nonce"] for m in fake.messages_posted] == [reply_nonce("777", 1),
-                                                              reply_nonce("777", 2)]
-        assert not any(m.get("message_reference") for m in fake.messages_posted)
-        assert await _entry(tmp_path, "777") == ("delivered", 3)
+        assert [m["content"] for m in fake.messages_posted] == split_message(text)
+        assert [m["nonce"] for m in fake.messages_posted] == [reply_nonce("777", i)
+                                                              for i in range(3)]
+        assert replies_to(fake, "777") == fake.messages_posted[:1]
+        assert await _entry(tmp_path, "777") == "delivered"
 
 
 async def test_without_a_database_duplicates_are_still_dropped(tmp_path: Path) -> None:
@@ -238,11 +242,11 @@ async def test_without_a_database_duplicates_are_still_dropped(tmp_path: Path) -
         assert replies_to(fake, first) == fake.messages_posted
 
 
-async def _entry(tmp_path: Path, message_id: str) -> tuple[str, int | None]:
+async def _entry(tmp_path: Path, message_id: str) -> str:
     async with open_db(tmp_path) as db:
-        entry = await Inbox(db).get("discord:bot", message_id)
+        entry = await Ledger(db).get("bot", message_id)
     assert entry is not None
-    return entry.state, (entry.reply or {}).get("sent")
+    return entry.state
 
 
 # -- review fixes -------------------------------------------------------------------------
@@ -257,14 +261,13 @@ async def test_answer_whose_post_gave_up_is_posted_again_while_running(tmp_path:
             await until(fake, lambda: len(fake.messages_posted) == 1)
             await trio.sleep(0.3)
             await bot.stop()
-        assert mid not in bot.channel._in_flight
         statuses = [s for _, s in message_posts(fake)]
         assert statuses == [503] * 8 + [200]
         times = [t for t, _ in message_posts(fake)]
         # The redelivery waited (0.05 s, then 0.1 s) before each new round.
         assert times[4] - times[3] >= 0.05 and times[8] - times[7] >= 0.1
         assert_answered_once(fake, [mid])
-        assert await _entry(tmp_path, mid) == ("delivered", 1)
+        assert await _entry(tmp_path, mid) == "delivered"
 
 
 async def test_answer_refused_by_discord_is_not_posted_again(tmp_path: Path) -> None:
@@ -276,7 +279,7 @@ async def test_answer_refused_by_discord_is_not_posted_again(tmp_path: Path) -> 
             await trio.sleep(0.5)  # longer than the redelivery's waits
             await bot.stop()
         assert [s for _, s in message_posts(fake)] == [404]
-        assert (await _entry(tmp_path, mid))[0] == "failed"
+        assert await _entry(tmp_path, mid) == "failed"
 
 
 async def test_answer_of_blank_lines_then_text(tmp_path: Path) -> None:
@@ -286,9 +289,9 @@ async def test_answer_of_blank_lines_then_text(tmp_path: Path) -> None:
             mid = await send(fake, "question")
             await until(fake, lambda: len(fake.messages_posted) == 1)
             await bot.stop()
-        assert mid not in bot.channel._in_flight and bot.channel._sends == 0
+        assert bot.channel._sends == 0
         assert posts(fake) == ["Here is the answer."]
-        assert await _entry(tmp_path, mid) == ("delivered", 1)
+        assert await _entry(tmp_path, mid) == "delivered"
 
 
 async def test_a_failing_split_still_answers(tmp_path: Path,
@@ -302,7 +305,6 @@ async def test_a_failing_split_still_answers(tmp_path: Path,
             mid = await send(fake, "hi")
             await until(fake, lambda: len(fake.messages_posted) == 1)
             await bot.stop()
-        assert mid not in bot.channel._in_flight
         assert posts(fake) == ["echo: hi"]
         assert_answered_once(fake, [mid])
 
@@ -322,27 +324,24 @@ async def test_interrupted_message_gets_an_apology_when_rerun_is_off(tmp_path: P
             await trio.sleep(0.2)
             await bot.stop()
         assert provider.requests == []
-        assert posts(fake) == [INTERRUPTED]
-        assert "interrupted" in INTERRUPTED
+        assert posts(fake) == [f"Sorry, something went wrong: {INTERRUPTED}"]
         assert_answered_once(fake, [mid])
-        assert await _entry(tmp_path, mid) == ("delivered", 1)
+        assert await _entry(tmp_path, mid) == "delivered"
 
 
-async def test_a_post_that_fails_early_releases_the_message(tmp_path: Path) -> None:
+async def test_a_post_that_fails_early_releases_the_rest_client(tmp_path: Path) -> None:
     async with fake_discord() as fake, open_db(tmp_path) as db, run_bot(fake, db) as bot:
         channel = bot.channel
         namespace = Namespace.parse("discord:300:200:500")
-        channel._in_flight.add("4242")
-        with pytest.raises(ChannelSendError, match="channel_id"):
+        with pytest.raises(ChannelSendError, match="channel_id") as refused:
             await channel.send_error(OutboundError(namespace, "x", {"message_id": "4242"}))
-        assert "4242" not in channel._in_flight and channel._sends == 0
+        assert not refused.value.retryable and channel._sends == 0
         # A post cancelled midway (shutdown) releases it too.
         fake.rest_delay_next(5.0, route=MESSAGES)
-        channel._in_flight.add("4343")
         with trio.move_on_after(0.2):
             await channel.send_error(OutboundError(
                 namespace, "x", {"message_id": "4343", "channel_id": "200"}))
-        assert "4343" not in channel._in_flight and channel._sends == 0
+        assert channel._sends == 0
         await bot.stop()
 
 

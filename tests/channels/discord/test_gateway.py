@@ -28,8 +28,7 @@ from orrad.channels.discord.inbound import intents_for, parse_message_create
 from orrad.channels.discord.rest import RestClient
 from orrad.errors import FatalChannelError, StoreError
 from orrad.router import AgentSet, Router
-from orrad.state import Database
-from orrad.state.inbox import Inbox
+from orrad.state import Database, Ledger
 from orrad.state.kv import KeyValueStore
 from tests.channels.discord.harness import (
     assert_answered_once,
@@ -587,7 +586,7 @@ async def test_fatal_close_stops_rest_for_answers_still_running(tmp_path: Path) 
     async with fake_discord() as fake, open_db(tmp_path) as db:
         channel = make_channel(fake, db)
         router = Router(AgentSet({"default": Runtime(provider, MemorySessionStore())},
-                                 "default"))
+                                 "default"), ledger=Ledger(db))
         errors: list[FatalChannelError] = []
 
         async def serve() -> None:
@@ -599,8 +598,7 @@ async def test_fatal_close_stops_rest_for_answers_still_running(tmp_path: Path) 
         async def pump() -> None:
             async with trio.open_nursery() as inner:
                 inner.start_soon(serve)
-                while (inbound := await channel.receive()) is not None:
-                    await router.submit(inbound, channel)
+                await router.pump(channel, source="bot")
 
         with trio.fail_after(3):
             async with trio.open_nursery() as nursery:
@@ -612,16 +610,20 @@ async def test_fatal_close_stops_rest_for_answers_still_running(tmp_path: Path) 
                 before = len(fake.rest_requests)
                 fake.token = "reset-by-discord"  # the old token is rejected everywhere now
                 await fake.close_connection(4004)
-                await router.wait_idle()  # the answers were computed and sent... or not
+                ledger = Ledger(db)
+                while True:  # the answers were computed and stored, and not sent
+                    entries = [await ledger.get("bot", mid) for mid in ids]
+                    if all(e is not None and e.state == "answered" for e in entries):
+                        break
+                    await trio.sleep(0.02)
                 await trio.sleep(0.3)
                 after = fake.rest_requests[before:]
                 nursery.cancel_scope.cancel()
         assert len(errors) == 1 and "4004" in str(errors[0])
         assert after == []  # nothing was sent with the rejected token
         assert fake.invalid_requests == 0
-        inbox = Inbox(db)
         for mid in ids:  # still stored: the next start (with a fixed token) posts them
-            entry = await inbox.get("discord:bot", mid)
+            entry = await ledger.get("bot", mid)
             assert entry is not None and entry.state == "answered"
 
 

@@ -35,7 +35,7 @@ async def supervised(db: Database) -> AsyncIterator[ChannelManager]:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(router.serve)
-        manager = ChannelManager(router, factory,
+        manager = ChannelManager(router.intake, factory,
                                  lambda c: ChannelContext(c.name or "?", daemon, db),
                                  stop_grace_s=2.0)
         await nursery.start(manager.serve)

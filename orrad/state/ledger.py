@@ -1,0 +1,145 @@
+"""The ledger: every message the daemon accepted, from intake to confirmed delivery.
+
+One row per message, keyed by ``(source, delivery_id)`` — the channel (or ``api``, or a
+federation origin) and the id the sender gave it. A row is committed (``synchronous=FULL``)
+before the sender is told the message was accepted, so a repeated delivery id never runs
+the agent twice, even across a restart, and what was accepted but not answered when the
+process died is found again. The row's integer ``id`` is the message's *ledger id*: its run
+tags the session entries it writes with it, so a re-run never appends a second copy.
+
+States move ``received -> answered -> delivered``; ``failed`` when the answer was refused
+for good. ``answered`` rows hold the reply, so it is delivered again (the same reply) until
+the channel confirms it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from orrad.state.db import Database, transaction
+
+__all__ = ["OPEN_STATES", "Ledger", "LedgerEntry", "LedgerState"]
+
+LedgerState = Literal["received", "answered", "delivered", "failed"]
+OPEN_STATES: tuple[LedgerState, ...] = ("received", "answered")
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class LedgerEntry(msgspec.Struct):
+    id: int
+    source: str
+    delivery_id: str
+    namespace: str
+    state: LedgerState
+    payload: dict[str, Any]
+    reply: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+
+_COLUMNS = ("id, source, delivery_id, namespace, state, payload, reply, created_at, "
+            "updated_at")
+
+
+def _row(row: tuple[Any, ...]) -> LedgerEntry:
+    id_, source, delivery_id, namespace, state, payload, reply, created, updated = row
+    return LedgerEntry(id_, source, delivery_id, namespace, state, _decode(payload),
+                       None if reply is None else _decode(reply), created, updated)
+
+
+class Ledger:
+    """The durable record of accepted messages, on the daemon's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def record(self, source: str, delivery_id: str, namespace: str,
+                     payload: dict[str, Any]) -> tuple[bool, LedgerEntry]:
+        """Record a new message: ``(True, entry)``, or ``(False, existing)`` when
+        ``source`` used ``delivery_id`` before."""
+        encoded = _encode(payload)
+
+        def run(conn: sqlite3.Connection) -> tuple[bool, LedgerEntry]:
+            now = time.time()
+            with transaction(conn):
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND delivery_id = ?",
+                    (source, delivery_id)).fetchone()
+                if row is not None:
+                    return False, _row(row)
+                cursor = conn.execute(
+                    "INSERT INTO ledger (source, delivery_id, namespace, state, payload, "
+                    "created_at, updated_at) VALUES (?, ?, ?, 'received', ?, ?, ?)",
+                    (source, delivery_id, namespace, encoded, now, now))
+                assert cursor.lastrowid is not None
+            return True, LedgerEntry(cursor.lastrowid, source, delivery_id, namespace,
+                                     "received", payload, None, now, now)
+
+        return await self.db.run(run)
+
+    async def answer(self, ledger_id: int, reply: dict[str, Any]) -> None:
+        """Store the reply: the message is ``answered``, awaiting delivery."""
+        encoded = _encode(reply)
+
+        def run(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "UPDATE ledger SET state = 'answered', reply = ?, updated_at = ? "
+                    "WHERE id = ?", (encoded, time.time(), ledger_id))
+
+        await self.db.run(run)
+
+    async def mark(self, ledger_id: int, state: LedgerState) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("UPDATE ledger SET state = ?, updated_at = ? WHERE id = ?",
+                             (state, time.time(), ledger_id))
+
+        await self.db.run(run)
+
+    async def get(self, source: str, delivery_id: str) -> LedgerEntry | None:
+        def run(conn: sqlite3.Connection) -> LedgerEntry | None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND delivery_id = ?",
+                (source, delivery_id)).fetchone()
+            return None if row is None else _row(row)
+
+        return await self.db.run(run)
+
+    async def open_entries(self, source: str) -> list[LedgerEntry]:
+        """Messages of ``source`` not yet delivered or failed, in the order received."""
+
+        def run(conn: sqlite3.Connection) -> list[LedgerEntry]:
+            return [_row(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND state IN (?, ?) "
+                "ORDER BY id", (source, *OPEN_STATES))]
+
+        return await self.db.run(run)
+
+    async def probe(self) -> None:
+        """A tiny write, to learn whether the store can be written again."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("INSERT OR REPLACE INTO kv (scope, key, value) VALUES "
+                             "('orrad', 'probe', ?)", (_encode(time.time()),))
+
+        await self.db.run(run)
+
+    async def purge(self, older_than_s: float) -> int:
+        """Forget finished messages older than ``older_than_s`` seconds."""
+        cutoff = time.time() - older_than_s
+
+        def run(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                return conn.execute(
+                    "DELETE FROM ledger WHERE created_at < ? AND state IN "
+                    "('delivered', 'failed')", (cutoff,)).rowcount
+
+        return await self.db.run(run)
