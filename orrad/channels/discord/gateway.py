@@ -53,8 +53,9 @@ import math
 import platform
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -91,7 +92,7 @@ MAX_PAYLOAD_BYTES = 4096
 RESUMABLE_CLOSE = 4000  # what we close with whenever we intend to resume
 
 # Close codes Discord marks "do not reconnect", with what the operator must change.
-FATAL_CLOSE_CODES: dict[int, str] = {
+FATAL_CLOSE_CODES: Mapping[int, str] = MappingProxyType({
     4004: "Discord rejected the bot token (4004 authentication failed): fix `token` in {where}",
     4010: "Discord rejected the shard (4010 invalid shard): orrad connects a single shard; "
           "check the bot's sharding settings",
@@ -104,7 +105,7 @@ FATAL_CLOSE_CODES: dict[int, str] = {
     4014: "Discord refused a privileged intent (4014 disallowed intents): enable MESSAGE "
           "CONTENT INTENT for this bot in the Developer Portal (Bot > Privileged Gateway "
           "Intents), or use `filter: mentions` or `filter: dm` in {where}",
-}
+})
 # Codes that mean the session is gone: identify again instead of resuming.
 _IDENTIFY_CLOSE_CODES = frozenset({4003, 4007, 4009})
 # Codes that mean we sent something wrong; reconnecting is right, but it is our bug.
