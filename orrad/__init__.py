@@ -9,6 +9,7 @@ from orrad.adapter import ChannelAdapter
 from orrad.channels.base import BaseChannel, Channel, ChannelContext
 from orrad.errors import (
     ChannelError,
+    ChannelSendError,
     ConfigError,
     FatalChannelError,
     OrradError,
@@ -47,6 +48,7 @@ __all__ = [
     "ChannelAdapter",
     "ChannelContext",
     "ChannelError",
+    "ChannelSendError",
     "CompletionRequest",
     "CompletionResponse",
     "ConfigError",

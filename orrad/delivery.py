@@ -43,6 +43,7 @@ __all__ = [
     "no_typing",
     "reply_body",
     "status_for_code",
+    "stores_before_send",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,20 @@ class ReplyTarget(Protocol):
     async def send_error(self, error: OutboundError) -> None: ...
 
     def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]: ...
+
+
+def stores_before_send(target: ReplyTarget, reply: Reply) -> bool:
+    """Whether the answer must be in the ledger before ``target`` sends it.
+
+    True (the safe default) for a send with an effect outside the process — a post, a
+    callback — which a restart repeats with exactly the stored answer. A target whose send
+    only hands the answer to a caller waiting in this process may define
+    ``stores_before_send(reply) -> False``: the answer is then stored together with the
+    delivery's outcome, one write instead of two (a crash in between re-runs the message,
+    and the session's run id returns the same answer).
+    """
+    hook = getattr(target, "stores_before_send", None)
+    return True if hook is None else bool(hook(reply))
 
 
 @asynccontextmanager

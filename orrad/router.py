@@ -46,6 +46,7 @@ from orrad.delivery import (
     describe_error,
     error_code,
     no_typing,
+    stores_before_send,
 )
 from orrad.errors import ChannelSendError, OrradError, StoreError, UnknownAgent
 from orrad.metrics import METRICS
@@ -146,6 +147,7 @@ class _Job:
     recorded: trio.Event | None = None  # set once the ledger answered; None: nothing to wait
     skip: bool = False  # a repeat, or not recorded: nothing to run
     reply: Reply | None = None
+    unstored: StoredReply | None = None  # the answer, when it is stored with the outcome
 
 
 @dataclass
@@ -171,6 +173,9 @@ class _Waiter:
     def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
         return no_typing()
 
+    def stores_before_send(self, reply: Reply) -> bool:
+        return False
+
 
 class Discard:
     """A reply target for a source whose askers cannot be reached any more (the API's
@@ -184,6 +189,9 @@ class Discard:
 
     def start_typing(self, metadata: Mapping[str, Any]) -> AbstractAsyncContextManager[None]:
         return no_typing()
+
+    def stores_before_send(self, reply: Reply) -> bool:
+        return False
 
 
 class Router:
@@ -496,18 +504,25 @@ class Router:
 
         What is delivered is rebuilt from the stored form, so a delivery repeated after a
         restart renders exactly the same reply. An answer that cannot be stored is still
-        delivered (a waiting client gets it); the message then stays ``received``.
+        delivered (a waiting client gets it); the message then stays ``received``. When
+        the target needs nothing stored before its send (``stores_before_send``), the
+        answer is written together with the delivery's outcome instead.
         """
         inbound = job.inbound
         if job.ledger_id is not None and self.ledger is not None:
             stored = StoredReply.of(reply)
-            try:
-                await self.ledger.answer(job.ledger_id, msgspec.to_builtins(stored))
-            except StoreError as exc:
-                self._store_failed(exc)
+            reply = stored.to_reply(inbound.namespace, inbound.metadata, inbound.reply_to,
+                                    inbound.delivery_id)
+            target = job.target or job.source.target
+            if target is not None and not stores_before_send(target, reply):
+                job.unstored = stored
             else:
-                self._store_ok()
-            reply = stored.to_reply(inbound.namespace, inbound.metadata)
+                try:
+                    await self.ledger.answer(job.ledger_id, msgspec.to_builtins(stored))
+                except StoreError as exc:
+                    self._store_failed(exc)
+                else:
+                    self._store_ok()
         reply.delivery_id = inbound.delivery_id
         reply.reply_to = inbound.reply_to
         job.reply = reply
@@ -577,7 +592,11 @@ class Router:
         delay = self.redeliver_initial_s
         while True:
             try:
-                await self.ledger.mark(job.ledger_id, state)
+                if job.unstored is not None:
+                    await self.ledger.finish(job.ledger_id,
+                                             msgspec.to_builtins(job.unstored), state)
+                else:
+                    await self.ledger.mark(job.ledger_id, state)
             except StoreError as exc:
                 self._store_failed(exc)
                 await trio.sleep(delay)

@@ -95,6 +95,18 @@ class Ledger:
 
         await self.db.run(run)
 
+    async def finish(self, ledger_id: int, reply: dict[str, Any], state: LedgerState) -> None:
+        """Store the reply and the delivery's outcome at once (an answer whose delivery
+        needs nothing stored beforehand: a waiting caller)."""
+        encoded = _encode(reply)
+
+        def run(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("UPDATE ledger SET state = ?, reply = ?, updated_at = ? "
+                             "WHERE id = ?", (state, encoded, time.time(), ledger_id))
+
+        await self.db.run(run)
+
     async def mark(self, ledger_id: int, state: LedgerState) -> None:
         def run(conn: sqlite3.Connection) -> None:
             with transaction(conn):

@@ -225,6 +225,11 @@ class WebhookChannel(BaseChannel):
         return (status_for_code(reply.code),
                 error_body(request_id, reply.code, reply.error))
 
+    def stores_before_send(self, reply: OutboundMessage | OutboundError) -> bool:
+        """A callback must be stored before it is POSTed; a synchronous reply is only
+        handed to the waiting request (and stored with its outcome)."""
+        return bool(reply.reply_to.get("callback_url"))
+
     async def send(self, response: OutboundMessage) -> None:
         await self._finish(response)
 
