@@ -53,6 +53,7 @@ READY_WAIT_S = 10.0
 LEDGER_RETENTION_S = 7 * 86400
 LEDGER_PURGE_EVERY_S = 3600.0
 API_SOURCE = "api"
+CHANNEL_HTTP_TIMEOUT_S = 30.0  # channels' own requests (webhook callbacks)
 # Keys of the daemon file that only a restart applies (CONTRACT §2.1).
 RESTART_KEYS = ("instance", "state_dir", "api", "routing", "federation")
 
@@ -89,6 +90,7 @@ class Daemon:
         # One lock per namespace for every agent, across reloads (runs and session deletes).
         self.locks = NamespaceLocks()
         self._client: httpx.AsyncClient | None = None
+        self._channel_client: httpx.AsyncClient | None = None
         self._reload_lock = trio.Lock()
 
     # -- the view the API uses (orrad.api.DaemonView) ----------------------------------
@@ -176,7 +178,8 @@ class Daemon:
     def _make_context(self, config: ChannelConfig) -> ChannelContext:
         assert config.name is not None
         return ChannelContext(config.name, self.config, self.db, self.config.instance,
-                              agents=lambda: list(self.config.agents))
+                              agents=lambda: list(self.config.agents),
+                              http=self._channel_client)
 
     async def reload(self) -> list[FileResult]:
         """Re-read the daemon file (agents, providers, policies) and ``channels_dir``."""
@@ -247,8 +250,11 @@ class Daemon:
     async def _run(self) -> None:
         await self.db.open()
         try:
-            async with make_http_client(self.config.routing.max_concurrency) as client:
+            async with make_http_client(self.config.routing.max_concurrency) as client, \
+                    httpx.AsyncClient(timeout=httpx.Timeout(CHANNEL_HTTP_TIMEOUT_S),
+                                      limits=httpx.Limits(max_connections=64)) as outbound:
                 self._client = client
+                self._channel_client = outbound
                 await self._run_with(client)
         finally:
             with trio.CancelScope(shield=True):
@@ -311,7 +317,9 @@ class Daemon:
         log.info("stopping: %d message(s) in flight", self.router.pending)
         await self.manager.stop_all()
         with trio.move_on_after(self.shutdown_grace_s) as scope:
-            await self.router.wait_idle()
+            # Runs finish and their answers are stored; answers for channels that are
+            # already stopped wait in the ledger for the next start.
+            await self.router.wait_settled()
         if scope.cancelled_caught:
             log.warning("%d message(s) still running after %gs; stopping anyway",
                         self.router.pending, self.shutdown_grace_s)

@@ -136,6 +136,18 @@ class StoreError(OrradError):
         super().__init__(f"storage error: {message}")
 
 
+class UnsavedRun(StoreError):
+    """A run produced its answer but the session could not be saved afterwards.
+
+    ``result`` is the run's result: a caller waiting in this process can still be given
+    the answer, although the conversation does not hold it.
+    """
+
+    def __init__(self, error: StoreError, result: object) -> None:
+        super().__init__(str(error).removeprefix("storage error: "))
+        self.result = result
+
+
 # -- runtime -------------------------------------------------------------------------------
 
 

@@ -48,7 +48,7 @@ from orrad.delivery import (
     no_typing,
     stores_before_send,
 )
-from orrad.errors import ChannelSendError, OrradError, StoreError, UnknownAgent
+from orrad.errors import ChannelSendError, OrradError, StoreError, UnknownAgent, UnsavedRun
 from orrad.metrics import METRICS
 from orrad.model import (
     InboundMessage,
@@ -58,7 +58,7 @@ from orrad.model import (
     OutboundMessage,
     Receipt,
 )
-from orrad.runtime.loop import Runtime
+from orrad.runtime.loop import RunResult, Runtime
 from orrad.state.ledger import Ledger, LedgerEntry, LedgerState
 
 __all__ = ["INTERRUPTED", "AgentSet", "Reply", "Router", "chosen_agent", "error_code"]
@@ -148,6 +148,8 @@ class _Job:
     skip: bool = False  # a repeat, or not recorded: nothing to run
     reply: Reply | None = None
     unstored: StoredReply | None = None  # the answer, when it is stored with the outcome
+    keep_open: bool = False  # not an answer (the store failed): leave the entry received
+    unsaved: bool = False  # the run's answer is not in the session (the store failed)
 
 
 @dataclass
@@ -220,9 +222,12 @@ class Router:
         self._active: set[int] = set()  # ledger ids this process is running or delivering
         self._nursery: trio.Nursery | None = None
         self._pending = 0
+        self._parked = 0  # deliveries waiting for their channel to attach
+        self._settle = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self.store_error: str | None = None
+        self._store_back = trio.Event()  # set (and replaced) whenever writes work again
 
     # -- introspection -------------------------------------------------------------------
 
@@ -241,6 +246,13 @@ class Router:
     async def wait_idle(self) -> None:
         """Return once nothing is pending."""
         await self._idle.wait()
+
+    async def wait_settled(self) -> None:
+        """Return once nothing is pending but deliveries waiting for a channel that is not
+        attached (at shutdown: every run has finished and every answer that can be
+        delivered now was; the rest stay in the ledger)."""
+        while self._pending > self._parked:
+            await self._settle.wait()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -369,7 +381,9 @@ class Router:
             receipt = Receipt(False, error=exc)
         else:
             self._store_ok()
-            if new:
+            if new or (entry.state == "received" and entry.id not in self._active):
+                # New, or accepted before and not being answered here (its run failed on
+                # the store, or it waits for a recovery that has not happened): run it now.
                 job.ledger_id = entry.id
                 self._active.add(entry.id)
                 receipt = Receipt(True, str(entry.id))
@@ -386,7 +400,12 @@ class Router:
         if self._idle.is_set():
             self._idle = trio.Event()
 
+    def _changed(self) -> None:
+        self._settle.set()
+        self._settle = trio.Event()
+
     def _end(self, job: _Job) -> None:
+        self._changed()
         self._pending -= 1
         self._room.release()
         if job.ledger_id is not None:
@@ -461,8 +480,7 @@ class Router:
                     if job.recorded is not None:
                         await job.recorded.wait()
                     if not job.skip:
-                        async with self._limiter:
-                            reply = await self._run(job)
+                        reply = await self._run_until_stored(job)
                         # Delivery is not in the lane: a slow platform must not hold the
                         # namespace's next run, nor run slots other namespaces need.
                         await self._answered(job, reply)
@@ -473,6 +491,37 @@ class Router:
                         self._end(job)
         finally:
             del self._lanes[key]
+
+    async def _run_until_stored(self, job: _Job) -> Reply:
+        """Run ``job``; a run the state store broke is not an answer.
+
+        A caller waiting in this process is told (503 ``unavailable``) and the message
+        stays ``received``, so a retry with the same id runs it again; a message whose
+        answer goes to a platform or a callback runs again once the store can be written.
+        """
+        while True:
+            job.unsaved = False
+            async with self._limiter:
+                reply = await self._run(job)
+            reply.delivery_id = job.inbound.delivery_id
+            reply.reply_to = job.inbound.reply_to
+            store_failed = job.unsaved or (isinstance(reply, OutboundError)
+                                           and reply.code == "unavailable")
+            if not store_failed or job.ledger_id is None:
+                return reply
+            target = job.target or job.source.target
+            if target is not None and not stores_before_send(target, reply):
+                job.keep_open = True
+                return reply
+            log.warning("%s: the run for %s could not be stored; running it again once the "
+                        "state store can be written", job.source.name, job.inbound.namespace)
+            await self._store_writable()
+
+    async def _store_writable(self) -> None:
+        if self.store_error is None:
+            self._store_failed(StoreError("a run could not be saved"))
+        while self.store_error is not None:
+            await self._store_back.wait()
 
     async def _run(self, job: _Job) -> Reply:
         """Run the agent for ``job``; never raises (failures become an OutboundError)."""
@@ -488,8 +537,18 @@ class Router:
                     inbound.namespace, inbound.message,
                     run_id=None if job.ledger_id is None else str(job.ledger_id))
             METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
+        except UnsavedRun as exc:
+            log.warning("run in %s answered but its session could not be saved: %s",
+                        inbound.namespace, exc)
+            self._store_failed(exc)
+            job.unsaved = True
+            if not isinstance(exc.result, RunResult):
+                raise
+            result = exc.result
         except Exception as exc:
             METRICS.run_errors.inc(error_code(exc))
+            if isinstance(exc, StoreError):
+                self._store_failed(exc)
             if isinstance(exc, OrradError):
                 log.warning("run in %s failed: %s", inbound.namespace, exc)
             else:
@@ -509,7 +568,7 @@ class Router:
         answer is written together with the delivery's outcome instead.
         """
         inbound = job.inbound
-        if job.ledger_id is not None and self.ledger is not None:
+        if job.ledger_id is not None and self.ledger is not None and not job.keep_open:
             stored = StoredReply.of(reply)
             reply = stored.to_reply(inbound.namespace, inbound.metadata, inbound.reply_to,
                                     inbound.delivery_id)
@@ -556,7 +615,7 @@ class Router:
         assert reply is not None
         delay = self.redeliver_initial_s
         while True:
-            target = job.target or await src.live_target()
+            target = job.target or await self._live_target(src)
             try:
                 async with src.sends:
                     if isinstance(reply, OutboundMessage):
@@ -584,10 +643,20 @@ class Router:
             await self._mark(job, "delivered")
             return
 
+    async def _live_target(self, src: _Source) -> ReplyTarget:
+        if src.target is not None:
+            return src.target
+        self._parked += 1
+        self._changed()
+        try:
+            return await src.live_target()
+        finally:
+            self._parked -= 1
+
     async def _mark(self, job: _Job, state: LedgerState) -> None:
         """Record the delivery's outcome, retrying the write (never the send) while the
         store refuses it."""
-        if job.ledger_id is None or self.ledger is None:
+        if job.ledger_id is None or self.ledger is None or job.keep_open:
             return
         delay = self.redeliver_initial_s
         while True:
@@ -626,6 +695,8 @@ class Router:
         if self.store_error is not None:
             self.store_error = None
             log.warning("state store can be written again: accepting messages")
+            self._store_back.set()
+            self._store_back = trio.Event()
 
     async def _probe_store(self, ledger: Ledger) -> None:
         while self.store_error is not None:

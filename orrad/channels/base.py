@@ -21,6 +21,8 @@ from orrad.errors import ChannelClosed
 from orrad.model import InboundMessage, OutboundError, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
+    import httpx
+
     from orrad.config import ChannelConfig, DaemonConfig
     from orrad.state.db import Database
 
@@ -71,6 +73,9 @@ class ChannelContext:
     file: str | None = None  # the channel file, for messages that tell the operator what to fix
     # The agents the daemon runs now (after the latest reload), by name.
     agents: Callable[[], Sequence[str]] | None = field(default=None, repr=False)
+    # An HTTP client owned by the daemon, for requests that may outlive a generation
+    # (webhook callbacks delivered while the channel restarts or the daemon drains).
+    http: httpx.AsyncClient | None = field(default=None, repr=False)
 
     def agent_names(self) -> list[str]:
         """The live agent names (the daemon file's, when no live view was handed in)."""

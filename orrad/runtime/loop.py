@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
-from orrad.errors import ContextLengthExceeded, MaxTurnsExceeded, ProviderError, ToolError
+from orrad.errors import (
+    ContextLengthExceeded,
+    MaxTurnsExceeded,
+    ProviderError,
+    StoreError,
+    ToolError,
+    UnsavedRun,
+)
 from orrad.metrics import METRICS
 from orrad.model import Message, Namespace, RunSummary, ToolCall, ToolResult, Usage
 from orrad.runtime.context import ContextBudget, MessageCounter, fit_to_budget, truncate_tool_result
@@ -207,8 +214,12 @@ class Runtime:
                 await self.store.save(session)
                 continue
             turns.append(TurnResult(response))
-            await self.store.save(session)
-            return RunResult(response.message, turns, usage, self.name)
+            result = RunResult(response.message, turns, usage, self.name)
+            try:
+                await self.store.save(session)
+            except StoreError as exc:
+                raise UnsavedRun(exc, result) from exc
+            return result
         raise MaxTurnsExceeded(max_turns)
 
     async def _complete(

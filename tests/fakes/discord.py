@@ -39,7 +39,8 @@ G10 :meth:`~FakeDiscord.expire_session` or ``invalid_session_on_resume = False``
 ``withhold_hello``; G27 ``reject_upgrades`` / ``rest_fail_next(route="/gateway/bot")``; G28
 ``heartbeat_ack_delay_s``; R2/R4/R5 :meth:`~FakeDiscord.set_rate_limit`; R3/R6/R7/R8/R9/R25
 ``rest_fail_next(429, ...)``; R10/R11 ``rest_fail_next(502, commit=True)`` /
-``delay_s``; R15 :meth:`~FakeDiscord.delete_message`; R17 ``add_channel(can_send=False)``;
+``delay_s`` / :meth:`~FakeDiscord.hold_rest` (held until the test releases it); R15
+:meth:`~FakeDiscord.delete_message`; R17 ``add_channel(can_send=False)``;
 R18 ``rest_fail_next(429, cloudflare=True)`` / :meth:`~FakeDiscord.ban`; R19
 ``invalid_request_limit``; R24 ``created_messages[i]["mentions"]``; X2
 ``GET /channels/{id}/messages?after=``.
@@ -117,6 +118,7 @@ __all__ = [
     "ConnectionRecord",
     "FakeDiscord",
     "GatewayFrame",
+    "RestHold",
     "RestRecord",
     "RouteLimit",
 ]
@@ -149,6 +151,74 @@ def _default_route_limits() -> dict[str, RouteLimit]:
         "GET /gateway/bot": RouteLimit(*five, "gateway-bot"),
         "GET /users/@me": RouteLimit(*five, "users-me"),
     }
+
+
+class _HeldRequest:
+    """One request parked in a :class:`RestHold` and what :meth:`RestHold.release` decided."""
+
+    def __init__(self, record: RestRecord) -> None:
+        self.record = record
+        self.released = trio.Event()
+        self.commit = False
+        self.status = 503
+
+
+class RestHold:
+    """Matching REST requests wait here until the test releases them (a controlled hang).
+
+    Made by :meth:`FakeDiscord.hold_rest`. Every request that arrives while the hold is
+    :attr:`active` and matches :attr:`route` is appended to :attr:`held` (its
+    :class:`RestRecord`; the request is already in :attr:`FakeDiscord.rest_requests`) and
+    waits, with nothing done yet (no rate-limit bucket consumed, no message created), until
+    :meth:`release` decides: ``commit=True`` answers it normally from then on (a message is
+    created, dispatched and remembered by nonce as usual; if the client is gone by then --
+    killed -- the message exists but the client never learned it), ``commit=False`` answers
+    ``status`` (Discord-shaped, as :meth:`FakeDiscord.rest_fail_next` would) and changes
+    nothing. :meth:`stop` ends the hold (later requests pass) and releases what still waits.
+    """
+
+    def __init__(self, fake: FakeDiscord, route: str | None) -> None:
+        self.route = route
+        self.active = True
+        self.held: list[RestRecord] = []
+        """Every request this hold parked, in arrival order (released ones included)."""
+        self._fake = fake
+        self._probe = RestFault(0, 0, route=route)
+        self._waiting: list[_HeldRequest] = []
+
+    @property
+    def waiting(self) -> list[RestRecord]:
+        """The requests parked right now."""
+        return [w.record for w in self._waiting]
+
+    def matches(self, method: str, path: str, template: str | None) -> bool:
+        return self.active and self._probe.matches(method, path, template)
+
+    def release(self, *, commit: bool, status: int = 503,
+                where: Callable[[RestRecord], bool] | None = None) -> int:
+        """Let the waiting requests (those ``where`` accepts) go; returns how many."""
+        chosen = [w for w in self._waiting if where is None or where(w.record)]
+        for waiter in chosen:
+            self._waiting.remove(waiter)
+            waiter.commit, waiter.status = commit, status
+            waiter.released.set()
+        return len(chosen)
+
+    def stop(self, *, commit: bool, status: int = 503) -> int:
+        """End the hold and release everything still waiting; returns how many."""
+        self.active = False
+        if self in self._fake._holds:
+            self._fake._holds.remove(self)
+        return self.release(commit=commit, status=status)
+
+    async def park(self, record: RestRecord) -> _HeldRequest:
+        waiter = _HeldRequest(record)
+        self.held.append(record)
+        self._waiting.append(waiter)
+        record.fault = "held"
+        self._fake._notify()
+        await waiter.released.wait()
+        return waiter
 
 
 class FakeDiscord(ServesInBackground):
@@ -319,6 +389,7 @@ class FakeDiscord(ServesInBackground):
         self._identify_times: deque[float] = deque()
         self._start_reset_at = 0.0
         self._faults: list[RestFault] = []
+        self._holds: list[RestHold] = []
         self._buckets: dict[str, BucketState] = {}
         self._global_times: deque[float] = deque()
         self._global_blocked_until = float("-inf")
@@ -445,6 +516,10 @@ class FakeDiscord(ServesInBackground):
     async def wait_for_typing(self, count: int) -> None:
         """Until ``count`` successful ``POST /channels/{id}/typing`` calls."""
         await self.wait_until(lambda: len(self.typing_posts) >= count)
+
+    async def wait_for_held(self, hold: RestHold, count: int) -> None:
+        """Until ``hold`` has parked ``count`` requests (released ones included)."""
+        await self.wait_until(lambda: len(hold.held) >= count)
 
     async def wait_for_requests(self, count: int, route: str | None = None) -> None:
         """Until ``count`` REST requests (matching ``route``, as in :meth:`rest_fail_next`)."""
@@ -660,6 +735,16 @@ class FakeDiscord(ServesInBackground):
     def rest_delay_next(self, delay_s: float, *, times: int = 1, route: str | None = None) -> None:
         """Answer the next matching requests normally, but only after ``delay_s``."""
         self._faults.append(RestFault(0, times, route=route, delay_s=delay_s, slow_only=True))
+
+    def hold_rest(self, route: str | None = None) -> RestHold:
+        """Park every matching REST request until the test releases it (see :class:`RestHold`).
+
+        ``route`` as in :meth:`rest_fail_next`. Holds are checked before scripted faults;
+        the first active matching hold takes the request.
+        """
+        hold = RestHold(self, route)
+        self._holds.append(hold)
+        return hold
 
     def set_rate_limit(
         self, route: str, limit: int, per_s: float, bucket: str | None = None,
@@ -1324,6 +1409,15 @@ class FakeDiscord(ServesInBackground):
         if self.banned:
             record.fault = "ban"
             return self._ban_response()
+        hold = next((h for h in self._holds if h.matches(req.method, req.path, record.route)),
+                    None)
+        if hold is not None:
+            waiter = await hold.park(record)
+            if not waiter.commit:
+                record.fault = f"held, then {waiter.status}"
+                return self._fault_response(RestFault(waiter.status, 1), req, record)
+            record.fault = "held, then committed"
+            return await self._rest_normal(req, record, fn, auth)
         fault = self._take_fault(req.method, req.path, record.route)
         if fault is None:
             return await self._rest_normal(req, record, fn, auth)

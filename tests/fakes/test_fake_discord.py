@@ -731,3 +731,40 @@ async def test_same_message_id_dispatched_twice_and_shape_knobs(fake: FakeDiscor
             assert "channel_type" not in got and got["type"] == 19
             assert got["referenced_message"] is None  # "42" lives in another channel
     assert len(fake.channel_messages["200"]) == 1
+
+
+async def test_hold_parks_requests_until_released_commit_or_drop(fake: FakeDiscord) -> None:
+    hold = fake.hold_rest("POST /channels/{channel_id}/messages")
+    fake.add_channel("201")
+    answers: dict[str, httpx.Response] = {}
+    async with rest(fake) as http:
+
+        async def post(channel: str) -> None:
+            answers[channel] = await http.post(
+                f"/channels/{channel}/messages",
+                json={"content": f"to {channel}", "nonce": f"n{channel}", "enforce_nonce": True})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post, "200")
+            nursery.start_soon(post, "201")
+            with trio.fail_after(2):
+                await fake.wait_for_held(hold, 2)
+            assert (await http.get("/users/@me")).status_code == 200  # other routes pass
+            assert fake.messages_posted == [] and len(hold.waiting) == 2
+            assert hold.release(commit=True, where=lambda r: "/200/" in r.path) == 1
+            assert hold.stop(commit=False) == 1
+        assert answers["200"].status_code == 200
+        assert answers["201"].status_code == 503  # dropped: nothing was created
+        assert [m["channel_id"] for m in fake.created_messages] == ["200"]
+        # the hold is over: a repeat of the committed nonce is deduplicated, the dropped
+        # one is created now
+        again = await http.post("/channels/200/messages",
+                                json={"content": "to 200", "nonce": "n200", "enforce_nonce": True})
+        assert again.json()["id"] == answers["200"].json()["id"]
+        late = await http.post("/channels/201/messages",
+                               json={"content": "to 201", "nonce": "n201", "enforce_nonce": True})
+        assert late.status_code == 200
+    assert [m["channel_id"] for m in fake.created_messages] == ["200", "201"]
+    assert fake.nonce_hits == 1
+    assert {r.path.split("/")[-2]: r.fault for r in hold.held} == {
+        "200": "held, then committed", "201": "held, then 503"}

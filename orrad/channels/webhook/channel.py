@@ -14,6 +14,7 @@ restart, with the same ``webhook-id`` and body.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from typing import Any, ClassVar
@@ -48,6 +49,7 @@ MAX_ID_LENGTH = 256
 # keep-alive connections are closed after KEEPALIVE_S.
 BODY_TIMEOUT_S = 10.0
 KEEPALIVE_S = 5.0
+CALLBACK_TIMEOUT_S = 30.0
 
 
 class WebhookRequest(msgspec.Struct):
@@ -101,9 +103,13 @@ class WebhookChannel(BaseChannel):
                               body_timeout_s=BODY_TIMEOUT_S, header_timeout_s=BODY_TIMEOUT_S,
                               keepalive_timeout_s=KEEPALIVE_S)
         self._server = HTTPServer(router, limits=limits, name=f"webhook:{self.name}")
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client, \
-                trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack:
+            # Callbacks may be sent after this generation ends (the pipeline delivers to
+            # the live generation, and drains at shutdown): prefer the daemon's client.
+            client = self.context.http or await stack.enter_async_context(
+                httpx.AsyncClient(timeout=httpx.Timeout(CALLBACK_TIMEOUT_S)))
             self._client = client
+            nursery = await stack.enter_async_context(trio.open_nursery())
             try:
                 self.address = await nursery.start(self._server.serve, self.cfg.listen)
                 log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
