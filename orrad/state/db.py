@@ -261,6 +261,10 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
             try:
                 op.value = op.fn(conn)
             except Exception as exc:
+                if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                    # SQLite rolled the whole transaction back itself (a full disk, an
+                    # I/O error): every operation of the batch is lost, not just this one.
+                    raise
                 conn.execute("ROLLBACK TO op")
                 op.error = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
             conn.execute("RELEASE op")
