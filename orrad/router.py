@@ -59,7 +59,7 @@ from orrad.model import (
     Receipt,
 )
 from orrad.runtime.loop import RunResult, Runtime
-from orrad.state.ledger import Ledger, LedgerEntry, LedgerState
+from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState
 
 __all__ = ["INTERRUPTED", "AgentSet", "Reply", "Router", "chosen_agent", "error_code"]
 
@@ -150,6 +150,7 @@ class _Job:
     unstored: StoredReply | None = None  # the answer, when it is stored with the outcome
     keep_open: bool = False  # not an answer (the store failed): leave the entry received
     unsaved: bool = False  # the run's answer is not in the session (the store failed)
+    first_attempt: bool = True  # false: it may have run before (recovery, a retry)
 
 
 @dataclass
@@ -370,7 +371,7 @@ class Router:
         try:
             new, entry = await ledger.record(
                 job.source.name, inbound.delivery_id, inbound.namespace.key, {
-                    "message": msgspec.to_builtins(inbound.message),
+                    "message": inbound.message,  # encoded as JSON by the ledger
                     "metadata": inbound.metadata,
                     "reply_to": inbound.reply_to,
                     "agent": job.agent,
@@ -384,6 +385,7 @@ class Router:
             if new or (entry.state == "received" and entry.id not in self._active):
                 # New, or accepted before and not being answered here (its run failed on
                 # the store, or it waits for a recovery that has not happened): run it now.
+                job.first_attempt = new
                 job.ledger_id = entry.id
                 self._active.add(entry.id)
                 receipt = Receipt(True, str(entry.id))
@@ -434,13 +436,13 @@ class Router:
             if inbound is None:
                 log.error("%s: ledger entry %s is unreadable; dropping it", src.name,
                           entry.delivery_id)
-                await self._mark_once(entry.id, "failed")
+                await self._mark_once((entry.source, entry.delivery_id), "failed")
                 continue
             self._active.add(entry.id)
             await self._room.acquire()
             agent = entry.payload.get("agent")
             job = _Job(inbound, src, agent if isinstance(agent, str) else None,
-                       ledger_id=entry.id)
+                       ledger_id=entry.id, first_attempt=False)
             self._begin(job)
             stored = _stored(entry)
             if entry.state == "answered" and stored is not None:
@@ -515,6 +517,7 @@ class Router:
                 return reply
             log.warning("%s: the run for %s could not be stored; running it again once the "
                         "state store can be written", job.source.name, job.inbound.namespace)
+            job.first_attempt = False
             await self._store_writable()
 
     async def _store_writable(self) -> None:
@@ -535,7 +538,8 @@ class Router:
             async with typing:
                 result = await runtime.run(
                     inbound.namespace, inbound.message,
-                    run_id=None if job.ledger_id is None else str(job.ledger_id))
+                    run_id=None if job.ledger_id is None else str(job.ledger_id),
+                    first_attempt=job.first_attempt)
             METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
         except UnsavedRun as exc:
             log.warning("run in %s answered but its session could not be saved: %s",
@@ -577,7 +581,7 @@ class Router:
                 job.unstored = stored
             else:
                 try:
-                    await self.ledger.answer(job.ledger_id, msgspec.to_builtins(stored))
+                    await self.ledger.answer(_key(job), stored)
                 except StoreError as exc:
                     self._store_failed(exc)
                 else:
@@ -662,10 +666,9 @@ class Router:
         while True:
             try:
                 if job.unstored is not None:
-                    await self.ledger.finish(job.ledger_id,
-                                             msgspec.to_builtins(job.unstored), state)
+                    await self.ledger.finish(_key(job), job.unstored, state)
                 else:
-                    await self.ledger.mark(job.ledger_id, state)
+                    await self.ledger.mark(_key(job), state)
             except StoreError as exc:
                 self._store_failed(exc)
                 await trio.sleep(delay)
@@ -674,10 +677,10 @@ class Router:
             self._store_ok()
             return
 
-    async def _mark_once(self, ledger_id: int, state: LedgerState) -> None:
+    async def _mark_once(self, key: Key, state: LedgerState) -> None:
         assert self.ledger is not None
         try:
-            await self.ledger.mark(ledger_id, state)
+            await self.ledger.mark(key, state)
         except StoreError as exc:
             self._store_failed(exc)
 
@@ -706,6 +709,11 @@ class Router:
             except StoreError:
                 continue
             self._store_ok()
+
+
+def _key(job: _Job) -> Key:
+    assert job.inbound.delivery_id is not None
+    return (job.source.name, job.inbound.delivery_id)
 
 
 def _notify(inbound: InboundMessage, receipt: Receipt) -> None:

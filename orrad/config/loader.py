@@ -280,7 +280,13 @@ def _raise(errors: list[ConfigError]) -> typing.NoReturn:
 
 
 def _problem_errors(doc: Document, problems: list[Problem]) -> list[ConfigError]:
-    return [doc.error(p.path, p.message, key=p.key) for p in problems]
+    errors = []
+    for p in problems:
+        message = p.message
+        if p.see is not None:
+            message += f" at line {doc.mark(p.see).line}"
+        errors.append(doc.error(p.path, message, key=p.key))
+    return errors
 
 
 def _kind_name(value: Any) -> str:

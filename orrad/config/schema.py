@@ -60,11 +60,16 @@ _NAME_RULE = "use 1-128 characters of A-Z a-z 0-9 _ . -"
 
 
 class Problem(NamedTuple):
-    """A semantic problem at ``path`` (the key itself when ``key`` is true)."""
+    """A semantic problem at ``path`` (the key itself when ``key`` is true).
+
+    ``see`` points at a related place in the same file (e.g. the first of two conflicting
+    declarations); the loader appends ``at line N`` for it to the message.
+    """
 
     path: Path
     message: str
     key: bool = False
+    see: Path | None = None
 
 
 class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -243,28 +248,37 @@ class FederationConfig(_Config, frozen=True, kw_only=True):
     peers: list[PeerConfig] = msgspec.field(default_factory=list)
 
     def problems(self, instance: str) -> list[Problem]:
+        """Peer names unique and not ``instance``; no namespace prefix declared twice
+        (by two peers, or twice by one); every peer has a secret."""
         out = _listen_problem(("listen",), self.listen)
-        names: set[str] = set()
-        owners: dict[str, int] = {}
+        names: dict[str, int] = {}
+        owners: dict[str, tuple[int, int]] = {}  # prefix -> (peer index, its position)
         for i, peer in enumerate(self.peers):
             at: Path = ("peers", i)
             out += [Problem(at + p.path, p.message, p.key) for p in peer.problems()]
             if peer.name in names:
-                out.append(Problem((*at, "name"), f"duplicate peer name {peer.name!r}"))
-            names.add(peer.name)
+                out.append(Problem((*at, "name"), f"duplicate peer name {peer.name!r}: "
+                                   "already used", see=("peers", names[peer.name], "name")))
+            else:
+                names[peer.name] = i
             if peer.name == instance:
-                out.append(Problem((*at, "name"), "a peer cannot be this daemon's instance"))
+                out.append(Problem((*at, "name"), "a peer cannot be this daemon's instance "
+                                   f"({instance!r}): a daemon is not its own peer"))
             if not (peer.secret or self.secret):
                 out.append(Problem(at, f"peer {peer.name!r} has no secret and "
                                        "federation.secret is empty"))
             for j, prefix in enumerate(peer.namespaces):
-                first = owners.setdefault(prefix, i)
-                if first != i:
-                    out.append(Problem((*at, "namespaces", j), f"namespace prefix {prefix!r} "
-                                       f"is already declared by peer {self.peers[first].name!r}"))
-                elif prefix in peer.namespaces[:j]:
-                    out.append(Problem((*at, "namespaces", j),
-                                       f"namespace prefix {prefix!r} is listed twice"))
+                first = owners.setdefault(prefix, (i, j))
+                if first == (i, j):
+                    continue
+                see: Path = ("peers", first[0], "namespaces", first[1])
+                if first[0] != i:
+                    other = self.peers[first[0]].name
+                    message = (f"namespace prefix {prefix!r} of peer {peer.name!r} is already "
+                               f"declared by peer {other!r}")
+                else:
+                    message = f"namespace prefix {prefix!r} is listed twice"
+                out.append(Problem((*at, "namespaces", j), message, see=see))
         return out
 
 
@@ -331,7 +345,8 @@ class DaemonConfig(_Config, frozen=True, kw_only=True):
                 tools = getattr(policy, key) or []
                 out += _tool_problems(("policies", i, key), tools, known_tools)
         if self.federation is not None:
-            out += [Problem(("federation", *p.path), p.message, p.key)
+            out += [Problem(("federation", *p.path), p.message, p.key,
+                            None if p.see is None else ("federation", *p.see))
                     for p in self.federation.problems(self.instance)]
         return out
 

@@ -162,7 +162,7 @@ class Runtime:
 
     async def run(
         self, namespace: Namespace, message: Message, *, max_turns: int | None = None,
-        run_id: str | None = None,
+        run_id: str | None = None, first_attempt: bool = False,
     ) -> RunResult:
         """Answer ``message`` in ``namespace``'s session.
 
@@ -170,16 +170,20 @@ class Runtime:
         session that already holds this run's final answer returns it without calling the
         provider, and a run that was cut short (a crash mid-run) is removed from the session
         and done again, so the session never holds two copies of the message or its reply.
+        ``first_attempt`` promises that ``run_id`` never ran before (a message just
+        accepted): the session is then not searched for it.
         """
         async with self.locks.hold(namespace):
             return await self._run_locked(namespace, message,
-                                          max_turns or self.config.max_turns, run_id)
+                                          max_turns or self.config.max_turns, run_id,
+                                          first_attempt)
 
     async def _run_locked(
-        self, namespace: Namespace, message: Message, max_turns: int, run_id: str | None
+        self, namespace: Namespace, message: Message, max_turns: int, run_id: str | None,
+        first_attempt: bool,
     ) -> RunResult:
         session = await self.store.load(namespace) or Session(namespace.key)
-        if run_id is not None:
+        if run_id is not None and not first_attempt:
             done, rewritten = _resume(session, run_id)
             if done is not None:
                 log.info("run %s in %s was answered before; not running it again", run_id,
@@ -190,7 +194,7 @@ class Runtime:
                 # Stores that append only the new tail need to be told the history changed.
                 replace = getattr(self.store, "replace", None)
                 await (replace(session) if replace is not None else self.store.save(session))
-            message.run_id = run_id
+        message.run_id = run_id
         session.push(message)
         await self.store.save(session)
         system = Message.system(self.config.system_prompt) if self.config.system_prompt else None

@@ -5,7 +5,10 @@ federation origin) and the id the sender gave it. A row is committed (``synchron
 before the sender is told the message was accepted, so a repeated delivery id never runs
 the agent twice, even across a restart, and what was accepted but not answered when the
 process died is found again. The row's integer ``id`` is the message's *ledger id*: its run
-tags the session entries it writes with it, so a re-run never appends a second copy.
+tags the session entries it writes with it, so a re-run never appends a second copy. Ids
+only grow (the next one follows the largest ever stored); rows are keyed, and updated, by
+``(source, delivery_id)`` alone, so a message costs one B-tree for the table and none for
+its id.
 
 States move ``received -> answered -> delivered``; ``failed`` when the answer was refused
 for good. ``answered`` rows hold the reply, so it is delivered again (the same reply) until
@@ -22,7 +25,7 @@ import msgspec
 
 from orrad.state.db import Database, transaction
 
-__all__ = ["OPEN_STATES", "Ledger", "LedgerEntry", "LedgerState"]
+__all__ = ["OPEN_STATES", "Key", "Ledger", "LedgerEntry", "LedgerState"]
 
 LedgerState = Literal["received", "answered", "delivered", "failed"]
 OPEN_STATES: tuple[LedgerState, ...] = ("received", "answered")
@@ -53,16 +56,28 @@ def _row(row: tuple[Any, ...]) -> LedgerEntry:
                        None if reply is None else _decode(reply), created, updated)
 
 
+Key = tuple[str, str]  # (source, delivery_id)
+
+
 class Ledger:
     """The durable record of accepted messages, on the daemon's database."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._last_id: int | None = None  # only touched in the database's worker thread
+
+    def _next_id(self, conn: sqlite3.Connection) -> int:
+        if self._last_id is None:
+            (self._last_id,) = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM ledger").fetchone()
+        self._last_id += 1
+        return self._last_id
 
     async def record(self, source: str, delivery_id: str, namespace: str,
                      payload: dict[str, Any]) -> tuple[bool, LedgerEntry]:
         """Record a new message: ``(True, entry)``, or ``(False, existing)`` when
-        ``source`` used ``delivery_id`` before."""
+        ``source`` used ``delivery_id`` before. ``payload`` values may be msgspec Structs
+        (a new entry's payload is returned as given; stored ones come back as JSON)."""
         encoded = _encode(payload)
 
         def run(conn: sqlite3.Connection) -> tuple[bool, LedgerEntry]:
@@ -73,29 +88,30 @@ class Ledger:
                     (source, delivery_id)).fetchone()
                 if row is not None:
                     return False, _row(row)
-                cursor = conn.execute(
-                    "INSERT INTO ledger (source, delivery_id, namespace, state, payload, "
-                    "created_at, updated_at) VALUES (?, ?, ?, 'received', ?, ?, ?)",
-                    (source, delivery_id, namespace, encoded, now, now))
-                assert cursor.lastrowid is not None
-            return True, LedgerEntry(cursor.lastrowid, source, delivery_id, namespace,
+                ledger_id = self._next_id(conn)
+                conn.execute(
+                    "INSERT INTO ledger (source, delivery_id, id, namespace, state, payload, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'received', ?, ?, ?)",
+                    (source, delivery_id, ledger_id, namespace, encoded, now, now))
+            return True, LedgerEntry(ledger_id, source, delivery_id, namespace,
                                      "received", payload, None, now, now)
 
         return await self.db.run(run)
 
-    async def answer(self, ledger_id: int, reply: dict[str, Any]) -> None:
-        """Store the reply: the message is ``answered``, awaiting delivery."""
+    async def answer(self, key: Key, reply: Any) -> None:
+        """Store the reply (anything msgspec encodes as a JSON object): the message is
+        ``answered``, awaiting delivery."""
         encoded = _encode(reply)
 
         def run(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.execute(
                     "UPDATE ledger SET state = 'answered', reply = ?, updated_at = ? "
-                    "WHERE id = ?", (encoded, time.time(), ledger_id))
+                    "WHERE source = ? AND delivery_id = ?", (encoded, time.time(), *key))
 
         await self.db.run(run)
 
-    async def finish(self, ledger_id: int, reply: dict[str, Any], state: LedgerState) -> None:
+    async def finish(self, key: Key, reply: Any, state: LedgerState) -> None:
         """Store the reply and the delivery's outcome at once (an answer whose delivery
         needs nothing stored beforehand: a waiting caller)."""
         encoded = _encode(reply)
@@ -103,15 +119,16 @@ class Ledger:
         def run(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.execute("UPDATE ledger SET state = ?, reply = ?, updated_at = ? "
-                             "WHERE id = ?", (state, encoded, time.time(), ledger_id))
+                             "WHERE source = ? AND delivery_id = ?",
+                             (state, encoded, time.time(), *key))
 
         await self.db.run(run)
 
-    async def mark(self, ledger_id: int, state: LedgerState) -> None:
+    async def mark(self, key: Key, state: LedgerState) -> None:
         def run(conn: sqlite3.Connection) -> None:
             with transaction(conn):
-                conn.execute("UPDATE ledger SET state = ?, updated_at = ? WHERE id = ?",
-                             (state, time.time(), ledger_id))
+                conn.execute("UPDATE ledger SET state = ?, updated_at = ? WHERE source = ? "
+                             "AND delivery_id = ?", (state, time.time(), *key))
 
         await self.db.run(run)
 

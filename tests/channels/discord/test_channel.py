@@ -215,10 +215,10 @@ async def test_stored_answer_is_posted_after_a_restart(tmp_path: Path) -> None:
             ledger = Ledger(db)
             metadata = {"channel_id": "200", "message_id": "777", "guild_id": "300",
                         "author_id": "500", "author_name": "alice", "channel": "bot"}
-            _, entry = await ledger.record("bot", "777", "discord:300:200:500", {
+            await ledger.record("bot", "777", "discord:300:200:500", {
                 "message": {"role": "user", "content": "explain"}, "metadata": metadata,
                 "reply_to": {}, "agent": None})
-            await ledger.answer(entry.id, msgspec.to_builtins(
+            await ledger.answer(("bot", "777"), msgspec.to_builtins(
                 StoredReply(True, text, "default")))
             async with run_bot(fake, db) as bot:
                 await until(fake, lambda: len(fake.messages_posted) == 3)
