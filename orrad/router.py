@@ -222,9 +222,15 @@ class Router:
         self._sources: dict[str, _Source] = {}
         self._active: set[int] = set()  # ledger ids this process is running or delivering
         self._nursery: trio.Nursery | None = None
+        # Messages waiting to be recorded, and delivery outcomes waiting to be written: one
+        # task each takes all that is waiting into one ledger operation.
+        self._to_record: list[_Job] = []
+        self._record_more = trio.Event()
+        self._to_settle: list[tuple[_Job, LedgerState]] = []
+        self._settle_more = trio.Event()
         self._pending = 0
         self._parked = 0  # deliveries waiting for their channel to attach
-        self._settle = trio.Event()
+        self._settled_changed = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self.store_error: str | None = None
@@ -253,13 +259,16 @@ class Router:
         attached (at shutdown: every run has finished and every answer that can be
         delivered now was; the rest stay in the ledger)."""
         while self._pending > self._parked:
-            await self._settle.wait()
+            await self._settled_changed.wait()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.ledger is not None:
+                nursery.start_soon(self._recorder, self.ledger)
+                nursery.start_soon(self._settler, self.ledger)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -353,48 +362,64 @@ class Router:
 
     async def _intake(self, src: _Source, inbound: InboundMessage, agent: str | None,
                       target: ReplyTarget | None = None) -> None:
-        nursery = self._require_nursery()
+        self._require_nursery()
         await self._room.acquire()
         job = _Job(inbound, src, chosen_agent(inbound, agent), target)
         self._begin(job)
         if self.ledger is not None and inbound.delivery_id is not None:
             job.recorded = trio.Event()
-            nursery.start_soon(self._record, job, self.ledger)
+            self._to_record.append(job)
+            self._record_more.set()
         else:
             _notify(inbound, Receipt(True))
         self._enqueue(job)
 
-    async def _record(self, job: _Job, ledger: Ledger) -> None:
-        inbound = job.inbound
-        assert inbound.delivery_id is not None and job.recorded is not None
-        receipt = Receipt(False)
-        try:
-            new, entry = await ledger.record(
-                job.source.name, inbound.delivery_id, inbound.namespace.key, {
-                    "message": inbound.message,  # encoded as JSON by the ledger
-                    "metadata": inbound.metadata,
-                    "reply_to": inbound.reply_to,
-                    "agent": job.agent,
-                })
-        except StoreError as exc:
-            self._store_failed(exc)
-            job.skip = True
-            receipt = Receipt(False, error=exc)
-        else:
+    async def _recorder(self, ledger: Ledger) -> None:
+        """Record waiting messages, all that wait in one operation, and hand out their
+        receipts."""
+        while True:
+            await self._record_more.wait()
+            self._record_more = trio.Event()
+            batch, self._to_record = self._to_record, []
+            try:
+                results = await ledger.record_many([
+                    (job.source.name, job.inbound.delivery_id or "",
+                     job.inbound.namespace.key, {
+                         "message": job.inbound.message,  # encoded as JSON by the ledger
+                         "metadata": job.inbound.metadata,
+                         "reply_to": job.inbound.reply_to,
+                         "agent": job.agent,
+                     }) for job in batch])
+            except StoreError as exc:
+                self._store_failed(exc)
+                for job in batch:
+                    job.skip = True
+                    self._recorded(job, Receipt(False, error=exc))
+                continue
+            except BaseException:
+                for job in batch:  # cancelled (shutdown): nothing recorded, nothing said
+                    job.skip = True
+                    assert job.recorded is not None
+                    job.recorded.set()
+                raise
             self._store_ok()
-            if new or (entry.state == "received" and entry.id not in self._active):
-                # New, or accepted before and not being answered here (its run failed on
-                # the store, or it waits for a recovery that has not happened): run it now.
-                job.first_attempt = new
-                job.ledger_id = entry.id
-                self._active.add(entry.id)
-                receipt = Receipt(True, str(entry.id))
-            else:
-                job.skip = True
-                receipt = Receipt(False, str(entry.id), entry.state, _stored(entry))
-        finally:
-            job.recorded.set()
-        _notify(inbound, receipt)
+            for job, (new, entry) in zip(batch, results, strict=True):
+                if new or (entry.state == "received" and entry.id not in self._active):
+                    # New, or accepted before and not being answered here (its run failed
+                    # on the store, or it waits for a recovery not yet done): run it now.
+                    job.first_attempt = new
+                    job.ledger_id = entry.id
+                    self._active.add(entry.id)
+                    self._recorded(job, Receipt(True, str(entry.id)))
+                else:
+                    job.skip = True
+                    self._recorded(job, Receipt(False, str(entry.id), entry.state,
+                                                _stored(entry)))
+
+    def _recorded(self, job: _Job, receipt: Receipt) -> None:
+        assert job.recorded is not None
+        job.recorded.set()
+        _notify(job.inbound, receipt)
 
     def _begin(self, job: _Job) -> None:
         self._pending += 1
@@ -403,8 +428,8 @@ class Router:
             self._idle = trio.Event()
 
     def _changed(self) -> None:
-        self._settle.set()
-        self._settle = trio.Event()
+        self._settled_changed.set()
+        self._settled_changed = trio.Event()
 
     def _end(self, job: _Job) -> None:
         self._changed()
@@ -483,10 +508,11 @@ class Router:
                         await job.recorded.wait()
                     if not job.skip:
                         reply = await self._run_until_stored(job)
-                        # Delivery is not in the lane: a slow platform must not hold the
-                        # namespace's next run, nor run slots other namespaces need.
-                        await self._answered(job, reply)
+                        # From here on _answered ends the job. Delivery is not in the lane
+                        # (but for a caller waiting in this process): a slow platform must
+                        # not hold the namespace's next run, nor run slots others need.
                         handed_on = True
+                        await self._answered(job, reply)
                 finally:
                     lane.jobs.popleft()
                     if not handed_on:
@@ -563,14 +589,30 @@ class Router:
                                inbound.metadata)
 
     async def _answered(self, job: _Job, reply: Reply) -> None:
-        """Store the answer in the ledger, then queue its delivery.
+        """Store the answer in the ledger, then deliver it; from here on the job is
+        ended by its delivery (or here, when this is cancelled before handing it on).
 
         What is delivered is rebuilt from the stored form, so a delivery repeated after a
         restart renders exactly the same reply. An answer that cannot be stored is still
         delivered (a waiting client gets it); the message then stays ``received``. When
-        the target needs nothing stored before its send (``stores_before_send``), the
-        answer is written together with the delivery's outcome instead.
+        the target needs nothing stored before its send (``stores_before_send``: a caller
+        waiting in this process), the answer is written together with the delivery's
+        outcome instead, and handed over at once when nothing of its namespace is ahead.
         """
+        handed_on = False
+        try:
+            await self._store_answer(job, reply)
+            handed_on = True
+        finally:
+            if not handed_on:
+                self._end(job)
+        key = (job.source.name, job.inbound.namespace.key)
+        if job.unstored is not None and key not in self._deliveries:
+            await self._deliver_and_settle(job)
+        else:
+            self._queue_delivery(job)
+
+    async def _store_answer(self, job: _Job, reply: Reply) -> None:
         inbound = job.inbound
         if job.ledger_id is not None and self.ledger is not None and not job.keep_open:
             stored = StoredReply.of(reply)
@@ -589,7 +631,6 @@ class Router:
         reply.delivery_id = inbound.delivery_id
         reply.reply_to = inbound.reply_to
         job.reply = reply
-        self._queue_delivery(job)
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -605,16 +646,24 @@ class Router:
     async def _run_deliveries(self, key: tuple[str, str], queue: deque[_Job]) -> None:
         try:
             while queue:
-                job = queue[0]
-                try:
-                    await self._deliver(job)
-                finally:
-                    queue.popleft()
-                    self._end(job)
+                await self._deliver_and_settle(queue[0])
+                queue.popleft()
         finally:
             del self._deliveries[key]
 
-    async def _deliver(self, job: _Job) -> None:
+    async def _deliver_and_settle(self, job: _Job) -> None:
+        """Deliver, then have the outcome written; the job ends once it is (or at once
+        when cancelled)."""
+        settled = False
+        try:
+            state = await self._deliver(job)
+            self._settle(job, state)
+            settled = True
+        finally:
+            if not settled:
+                self._end(job)
+
+    async def _deliver(self, job: _Job) -> LedgerState:
         reply, src = job.reply, job.source
         assert reply is not None
         delay = self.redeliver_initial_s
@@ -635,17 +684,45 @@ class Router:
                     continue
                 METRICS.delivery_failures.inc(src.name)
                 log.warning("%s: reply to %s not delivered: %s", src.name, reply.namespace, exc)
-                await self._mark(job, "failed")
-                return
+                return "failed"
             except Exception:
                 METRICS.delivery_failures.inc(src.name)
                 log.exception("%s: reply to %s not delivered", src.name, reply.namespace)
-                await self._mark(job, "failed")
-                return
+                return "failed"
             METRICS.messages_out.inc(src.name, "ok" if isinstance(reply, OutboundMessage)
                                      else "error")
-            await self._mark(job, "delivered")
+            return "delivered"
+
+    def _settle(self, job: _Job, state: LedgerState) -> None:
+        """Have the delivery's outcome written (the job ends once it is)."""
+        if job.ledger_id is None or self.ledger is None or job.keep_open:
+            self._end(job)
             return
+        self._to_settle.append((job, state))
+        self._settle_more.set()
+
+    async def _settler(self, ledger: Ledger) -> None:
+        """Write waiting delivery outcomes, all in one operation; retry the write (never
+        the send) while the store refuses it."""
+        delay = self.redeliver_initial_s
+        while True:
+            await self._settle_more.wait()
+            self._settle_more = trio.Event()
+            batch, self._to_settle = self._to_settle, []
+            try:
+                await ledger.settle_many([(_key(job), state, job.unstored)
+                                          for job, state in batch])
+            except StoreError as exc:
+                self._store_failed(exc)
+                self._to_settle[:0] = batch
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.redeliver_max_s)
+                self._settle_more.set()
+                continue
+            delay = self.redeliver_initial_s
+            self._store_ok()
+            for job, _ in batch:
+                self._end(job)
 
     async def _live_target(self, src: _Source) -> ReplyTarget:
         if src.target is not None:
@@ -656,26 +733,6 @@ class Router:
             return await src.live_target()
         finally:
             self._parked -= 1
-
-    async def _mark(self, job: _Job, state: LedgerState) -> None:
-        """Record the delivery's outcome, retrying the write (never the send) while the
-        store refuses it."""
-        if job.ledger_id is None or self.ledger is None or job.keep_open:
-            return
-        delay = self.redeliver_initial_s
-        while True:
-            try:
-                if job.unstored is not None:
-                    await self.ledger.finish(_key(job), job.unstored, state)
-                else:
-                    await self.ledger.mark(_key(job), state)
-            except StoreError as exc:
-                self._store_failed(exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, self.redeliver_max_s)
-                continue
-            self._store_ok()
-            return
 
     async def _mark_once(self, key: Key, state: LedgerState) -> None:
         assert self.ledger is not None

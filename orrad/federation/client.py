@@ -44,7 +44,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from orrad.config.schema import PeerConfig
+from orrad.config.schema import FederationConfig, PeerConfig
 from orrad.federation.breaker import Admission, BreakerStatus, CircuitBreaker
 from orrad.federation.errors import (
     BadPeerResponse,
@@ -80,6 +80,7 @@ __all__ = [
     "PeerStatus",
     "RetrySettings",
     "make_http_client",
+    "peers_from_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,9 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """A peer as the client needs it: where it is and the secret shared with it."""
+    """A peer as the client needs it: its base URL (``federation.peers[].url``; the
+    ``/federation/v1/...`` paths are appended), the secret shared with it, and the deadline
+    of one relay attempt (``timeout_s``: it waits for the peer's agent)."""
 
     name: str
     url: str
@@ -115,6 +118,17 @@ class Peer:
         """``peer.secret``, or ``default_secret`` (``federation.secret``) when empty."""
         return cls(peer.name, peer.url.rstrip("/"), peer.secret or default_secret,
                    peer.timeout_s)
+
+
+def peers_from_config(federation: FederationConfig | None) -> list[Peer]:
+    """Every configured peer with its effective secret (``[]`` without federation).
+
+    The same secrets verify what the peers send us:
+    ``Verifier(instance, {p.name: p.secret for p in peers})``.
+    """
+    if federation is None:
+        return []
+    return [Peer.from_config(p, federation.secret) for p in federation.peers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,7 +349,7 @@ class PeerClient:
         """One signed attempt; feeds the breaker with its outcome (or releases it)."""
         peer, breaker = state.peer, state.breaker
         request = self._http.build_request(
-            method, peer.url + path, params=params, content=body or None,
+            method, peer.url.rstrip("/") + path, params=params, content=body or None,
             headers={"content-type": "application/json"} if body else None,
             timeout=httpx.Timeout(timeout_s, connect=min(self._connect_timeout_s, timeout_s)),
         )

@@ -153,6 +153,9 @@ class Signer:
         secrets: peer name -> the secret shared with that peer.
         clock: unix time in seconds.
         nonce: makes a fresh nonce per request.
+
+    Raises:
+        ValueError: a secret is empty.
     """
 
     def __init__(
@@ -160,7 +163,7 @@ class Signer:
         nonce: Callable[[], str] = new_nonce,
     ) -> None:
         self.instance = instance
-        self._secrets = dict(secrets)
+        self._secrets = _checked(secrets)
         self._clock = clock
         self._nonce = nonce
 
@@ -184,6 +187,13 @@ class Signer:
             HEADER_NONCE: nonce,
             HEADER_SIGNATURE: compute_signature(secret, message),
         }
+
+
+def _checked(secrets: Mapping[str, str]) -> dict[str, str]:
+    empty = sorted(peer for peer, secret in secrets.items() if not secret)
+    if empty:  # an empty HMAC key would let anyone sign
+        raise ValueError(f"empty federation secret for peer(s): {', '.join(empty)}")
+    return dict(secrets)
 
 
 class NonceCache:
@@ -256,6 +266,9 @@ class Verifier:
         clock: unix time in seconds.
         tolerance_s: how far a request's timestamp may be from ``clock()``, either way.
         max_nonces: bound of the replay cache.
+
+    Raises:
+        ValueError: a secret is empty.
     """
 
     def __init__(
@@ -263,7 +276,7 @@ class Verifier:
         tolerance_s: float = DEFAULT_TOLERANCE_S, max_nonces: int = 100_000,
     ) -> None:
         self.instance = instance
-        self._secrets = dict(secrets)
+        self._secrets = _checked(secrets)
         self._clock = clock
         self.tolerance_s = tolerance_s
         self.nonces = NonceCache(max_nonces)

@@ -78,23 +78,37 @@ class Ledger:
         """Record a new message: ``(True, entry)``, or ``(False, existing)`` when
         ``source`` used ``delivery_id`` before. ``payload`` values may be msgspec Structs
         (a new entry's payload is returned as given; stored ones come back as JSON)."""
-        encoded = _encode(payload)
+        [result] = await self.record_many([(source, delivery_id, namespace, payload)])
+        return result
 
-        def run(conn: sqlite3.Connection) -> tuple[bool, LedgerEntry]:
+    async def record_many(
+        self, items: list[tuple[str, str, str, dict[str, Any]]]
+    ) -> list[tuple[bool, LedgerEntry]]:
+        """:meth:`record` for several messages in one operation (all or none stored)."""
+        encoded = [_encode(payload) for *_, payload in items]
+
+        def run(conn: sqlite3.Connection) -> list[tuple[bool, LedgerEntry]]:
             now = time.time()
+            results: list[tuple[bool, LedgerEntry]] = []
             with transaction(conn):
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND delivery_id = ?",
-                    (source, delivery_id)).fetchone()
-                if row is not None:
-                    return False, _row(row)
-                ledger_id = self._next_id(conn)
-                conn.execute(
-                    "INSERT INTO ledger (source, delivery_id, id, namespace, state, payload, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'received', ?, ?, ?)",
-                    (source, delivery_id, ledger_id, namespace, encoded, now, now))
-            return True, LedgerEntry(ledger_id, source, delivery_id, namespace,
-                                     "received", payload, None, now, now)
+                for (source, delivery_id, namespace, payload), blob in zip(
+                        items, encoded, strict=True):
+                    row = conn.execute(
+                        f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND delivery_id = ?",
+                        (source, delivery_id)).fetchone()
+                    if row is not None:
+                        results.append((False, _row(row)))
+                        continue
+                    ledger_id = self._next_id(conn)
+                    conn.execute(
+                        "INSERT INTO ledger (source, delivery_id, id, namespace, state, "
+                        "payload, created_at, updated_at) "
+                        "VALUES (?, ?, ?, ?, 'received', ?, ?, ?)",
+                        (source, delivery_id, ledger_id, namespace, blob, now, now))
+                    results.append((True, LedgerEntry(ledger_id, source, delivery_id,
+                                                      namespace, "received", payload, None,
+                                                      now, now)))
+            return results
 
         return await self.db.run(run)
 
@@ -121,6 +135,27 @@ class Ledger:
                 conn.execute("UPDATE ledger SET state = ?, reply = ?, updated_at = ? "
                              "WHERE source = ? AND delivery_id = ?",
                              (state, encoded, time.time(), *key))
+
+        await self.db.run(run)
+
+    async def settle_many(self, outcomes: list[tuple[Key, LedgerState, Any]]) -> None:
+        """Record several deliveries' outcomes in one operation; an outcome with a reply
+        (not ``None``) stores it too (see :meth:`finish`)."""
+        rows = [(state, None if reply is None else _encode(reply), key)
+                for key, state, reply in outcomes]
+
+        def run(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            with transaction(conn):
+                for state, blob, (source, delivery_id) in rows:
+                    if blob is None:
+                        conn.execute("UPDATE ledger SET state = ?, updated_at = ? "
+                                     "WHERE source = ? AND delivery_id = ?",
+                                     (state, now, source, delivery_id))
+                    else:
+                        conn.execute("UPDATE ledger SET state = ?, reply = ?, updated_at = ? "
+                                     "WHERE source = ? AND delivery_id = ?",
+                                     (state, blob, now, source, delivery_id))
 
         await self.db.run(run)
 

@@ -319,7 +319,7 @@ def test_yaml_syntax_error(tmp_path: Path) -> None:
         ("policies:\n  - {allow_tools: []}\n", "2:5: missing required key 'namespace'"),
         ("federation:\n  peers:\n    - {name: b, url: 'http://b', secret: s, namespaces: [a]}\n"
          "    - {name: c, url: 'http://c', secret: s, namespaces: [x, a]}\n",
-         "4:61: namespace prefix 'a' is already declared by peer 'b'"),
+         "4:61: namespace prefix 'a' of peer 'c' is already declared by peer 'b' at line 3"),
         ("federation:\n  peers:\n    - {name: b, url: 'http://b'}\n",
          "3:7: peer 'b' has no secret and federation.secret is empty"),
         ("federation:\n  secret: s\n  peers:\n    - {name: b, url: 'http://b'}\n"
