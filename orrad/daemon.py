@@ -11,6 +11,7 @@ supervisor loop is alive.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -33,6 +34,7 @@ from orrad.delivery import Reply
 from orrad.errors import ConfigErrors, DaemonError, OrradError, StoreError
 from orrad.http import HTTPServer
 from orrad.model import InboundMessage, Namespace
+from orrad.peering import Federation
 from orrad.router import Discard, Router
 from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import make_http_client
@@ -91,6 +93,7 @@ class Daemon:
         self.locks = NamespaceLocks()
         self._client: httpx.AsyncClient | None = None
         self._channel_client: httpx.AsyncClient | None = None
+        self.federation: Federation | None = None
         self._reload_lock = trio.Lock()
 
     # -- the view the API uses (orrad.api.DaemonView) ----------------------------------
@@ -146,7 +149,7 @@ class Daemon:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
             "channels": [s.to_json() for s in self.channel_statuses()],
-            "peers": [],
+            "peers": self.federation.peer_status() if self.federation else [],
             "agents": agents,
         }
 
@@ -168,6 +171,8 @@ class Daemon:
         lines += ["# HELP orrad_messages_in_flight Messages accepted and not yet answered",
                   "# TYPE orrad_messages_in_flight gauge",
                   f"orrad_messages_in_flight {self.router.pending if self.router else 0}"]
+        if self.federation is not None:
+            lines += self.federation.gauge_lines()
         return lines
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -267,14 +272,25 @@ class Daemon:
             await self._serve(client)
 
     async def _serve(self, client: httpx.AsyncClient) -> None:
-        if self.config.federation is not None:
-            log.warning("federation is configured but this version does not federate yet: "
-                        "every namespace is served locally and federation.listen is not bound")
         agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
                               locks=self.locks)
-        self.router = Router(agents, ledger=self.ledger,
-                             max_concurrency=self.config.routing.max_concurrency,
-                             rerun_interrupted=self.config.routing.rerun_interrupted)
+        async with contextlib.AsyncExitStack() as stack:
+            federation: Federation | None = None
+            if self.config.federation is not None:
+                http = await stack.enter_async_context(Federation.http_client())
+                federation = self.federation = Federation(
+                    self.config, self.config.federation, store=self.store,
+                    current_config=lambda: self.config, http=http)
+            self.router = Router(agents, ledger=self.ledger,
+                                 max_concurrency=self.config.routing.max_concurrency,
+                                 rerun_interrupted=self.config.routing.rerun_interrupted,
+                                 relayer=federation, instance=self.config.instance)
+            if federation is not None:
+                federation.router = self.router
+            await self._serve_with(federation)
+
+    async def _serve_with(self, federation: Federation | None) -> None:
+        assert self.router is not None
         # The supervisor hands every started channel to the router's pump.
         self.manager = ChannelManager(self.router.intake, self.registry.create,
                                       self._make_context)
@@ -284,6 +300,8 @@ class Daemon:
             # The API's callers are gone after a restart: what they left is answered into
             # the sessions only.
             await self.router.attach(API_SOURCE, Discard())
+            if federation is not None:
+                await nursery.start(federation.serve)
             await nursery.start(self.manager.serve)
             if self.config.api.listen:
                 api_server = HTTPServer(build_api_router(self), name="api")

@@ -128,7 +128,11 @@ def error_code(exc: BaseException) -> str:
         return "unavailable"
     if isinstance(exc, MaxTurnsExceeded):
         return "max_turns_exceeded"
-    return "agent_error" if isinstance(exc, OrradError) else "internal"
+    if not isinstance(exc, OrradError):
+        return "internal"
+    # Errors that carry their own code (federation refusals, a peer's code passed back).
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and code else "agent_error"
 
 
 _PROVIDER_SUMMARY: Mapping[type[ProviderError], str] = MappingProxyType({

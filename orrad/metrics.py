@@ -107,6 +107,9 @@ class Registry:
         self.federation_relays = Counter("orrad_federation_relays_total",
                                          "Messages relayed to peers, per peer and outcome",
                                          ("peer", "outcome"))
+        self.federation_received = Counter("orrad_federation_received_total",
+                                           "Relays received from peers (each attempt)",
+                                           ("origin",))
 
     def instruments(self) -> list[Counter | Histogram]:
         return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]

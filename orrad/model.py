@@ -295,6 +295,8 @@ class InboundMessage:
     reply_to: dict[str, Any] = field(default_factory=dict)
     on_recorded: Callable[[Receipt], None] | None = field(default=None, repr=False,
                                                           compare=False)
+    # Federation: every daemon this message passed before this one, the first one first.
+    hops: tuple[str, ...] = ()
 
 
 @dataclass

@@ -28,11 +28,13 @@ receipt carries the error) until a write succeeds again.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import trio
@@ -61,7 +63,8 @@ from orrad.model import (
 from orrad.runtime.loop import RunResult, Runtime
 from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState
 
-__all__ = ["INTERRUPTED", "AgentSet", "Reply", "Router", "chosen_agent", "error_code"]
+__all__ = ["INTERRUPTED", "AgentSet", "Ownership", "Relayer", "Reply", "Router", "chosen_agent",
+           "error_code"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,33 @@ def chosen_agent(inbound: InboundMessage, channel_agent: str | None) -> str | No
     if isinstance(explicit, str) and explicit:
         return explicit
     return channel_agent
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Where a message runs: ``peer`` (``None``: here) and the agent named there (``None``:
+    that daemon's choice)."""
+
+    peer: str | None
+    agent: str | None = None
+
+
+class Relayer(Protocol):
+    """Federation as the router sees it (implemented by :mod:`orrad.peering`)."""
+
+    def owner(self, namespace: Namespace, agent: str | None) -> Ownership:
+        """Who answers a message for ``namespace`` with the user's explicit ``agent``
+        choice (``name``, ``name@peer`` or ``None``). Raises an :class:`OrradError` with
+        a ``code`` for a choice that names no known peer."""
+        ...
+
+    async def relay(self, peer: str, txn_id: str, inbound: InboundMessage, agent: str | None,
+                    received_at: float, on_queued: Callable[[], None]) -> Reply | None:
+        """The owner's answer (an :class:`OutboundError` for its refusal or when it cannot
+        be reached), after waiting for it when the peer queues; ``None``: answer here
+        (``on_unavailable: local``). ``on_queued`` is called once when the message starts
+        waiting for the peer."""
+        ...
 
 
 class _Source:
@@ -151,6 +181,7 @@ class _Job:
     keep_open: bool = False  # not an answer (the store failed): leave the entry received
     unsaved: bool = False  # the run's answer is not in the session (the store failed)
     first_attempt: bool = True  # false: it may have run before (recovery, a retry)
+    received_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -208,10 +239,13 @@ class Router:
         self, agents: AgentSet, *, ledger: Ledger | None = None, max_concurrency: int = 64,
         max_pending: int = 10_000, rerun_interrupted: bool = True,
         redeliver_initial_s: float = REDELIVER_INITIAL_S,
-        redeliver_max_s: float = REDELIVER_MAX_S,
+        redeliver_max_s: float = REDELIVER_MAX_S, relayer: Relayer | None = None,
+        instance: str = "orrad",
     ) -> None:
         self.agents = agents
         self.ledger = ledger
+        self.relayer = relayer
+        self.instance = instance
         self.rerun_interrupted = rerun_interrupted
         self.redeliver_initial_s = redeliver_initial_s
         self.redeliver_max_s = redeliver_max_s
@@ -389,6 +423,7 @@ class Router:
                          "metadata": job.inbound.metadata,
                          "reply_to": job.inbound.reply_to,
                          "agent": job.agent,
+                         "hops": job.inbound.hops,
                      }) for job in batch])
             except StoreError as exc:
                 self._store_failed(exc)
@@ -467,7 +502,7 @@ class Router:
             await self._room.acquire()
             agent = entry.payload.get("agent")
             job = _Job(inbound, src, agent if isinstance(agent, str) else None,
-                       ledger_id=entry.id, first_attempt=False)
+                       ledger_id=entry.id, first_attempt=False, received_at=entry.created_at)
             self._begin(job)
             stored = _stored(entry)
             if entry.state == "answered" and stored is not None:
@@ -553,19 +588,55 @@ class Router:
             await self._store_back.wait()
 
     async def _run(self, job: _Job) -> Reply:
-        """Run the agent for ``job``; never raises (failures become an OutboundError)."""
+        """Answer ``job`` here or through the namespace's owner; never raises (failures
+        become an OutboundError)."""
+        inbound = job.inbound
+        target = job.target or job.source.target
+        typing = (best_effort_typing(target, inbound.metadata) if target is not None
+                  else no_typing())
+        async with typing:
+            agent = job.agent
+            if self.relayer is not None:
+                explicit = _explicit_agent(inbound)
+                try:
+                    owner = self.relayer.owner(inbound.namespace, explicit)
+                except OrradError as exc:
+                    return _failed(inbound, exc)
+                if owner.peer is not None:
+                    reply = await self.relayer.relay(
+                        owner.peer, self._txn_id(job), inbound, owner.agent, job.received_at,
+                        lambda: self._queued(job))
+                    if reply is not None:
+                        return reply
+                if explicit is not None:
+                    agent = owner.agent
+            return await self._run_here(job, agent)
+
+    def _txn_id(self, job: _Job) -> str:
+        """Stable across restarts of this daemon (the ledger id), so a relay retried after
+        a crash is recognised by the peer."""
+        if job.ledger_id is None:
+            return f"{self.instance}:{uuid.uuid4()}"
+        return f"{self.instance}:{job.ledger_id}"
+
+    def _queued(self, job: _Job) -> None:
+        target = job.target or job.source.target
+        hook = getattr(target, "queued", None)
+        if hook is not None:
+            try:
+                hook(job.inbound)
+            except Exception:
+                log.exception("%s: queued notice failed", job.source.name)
+
+    async def _run_here(self, job: _Job, agent: str | None) -> Reply:
         inbound = job.inbound
         started = trio.current_time()
-        target = job.target or job.source.target
         try:
-            runtime = self.agents.resolve(job.agent)
-            typing = (best_effort_typing(target, inbound.metadata) if target is not None
-                      else no_typing())
-            async with typing:
-                result = await runtime.run(
-                    inbound.namespace, inbound.message,
-                    run_id=None if job.ledger_id is None else str(job.ledger_id),
-                    first_attempt=job.first_attempt)
+            runtime = self.agents.resolve(agent)
+            result = await runtime.run(
+                inbound.namespace, inbound.message,
+                run_id=None if job.ledger_id is None else str(job.ledger_id),
+                first_attempt=job.first_attempt)
             METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
         except UnsavedRun as exc:
             log.warning("run in %s answered but its session could not be saved: %s",
@@ -576,15 +647,9 @@ class Router:
                 raise
             result = exc.result
         except Exception as exc:
-            METRICS.run_errors.inc(error_code(exc))
             if isinstance(exc, StoreError):
                 self._store_failed(exc)
-            if isinstance(exc, OrradError):
-                log.warning("run in %s failed: %s", inbound.namespace, exc)
-            else:
-                log.exception("run in %s crashed", inbound.namespace)
-            return OutboundError(inbound.namespace, describe_error(exc), inbound.metadata,
-                                 code=error_code(exc))
+            return _failed(inbound, exc)
         return OutboundMessage(inbound.namespace, result.final_message, result.summary(),
                                inbound.metadata)
 
@@ -773,6 +838,22 @@ def _key(job: _Job) -> Key:
     return (job.source.name, job.inbound.delivery_id)
 
 
+def _explicit_agent(inbound: InboundMessage) -> str | None:
+    """The agent the user chose (request field or metadata), not a channel's default."""
+    agent = inbound.metadata.get("agent")
+    return agent if isinstance(agent, str) and agent else None
+
+
+def _failed(inbound: InboundMessage, exc: Exception) -> OutboundError:
+    METRICS.run_errors.inc(error_code(exc))
+    if isinstance(exc, OrradError):
+        log.warning("run in %s failed: %s", inbound.namespace, exc)
+    else:
+        log.exception("run in %s crashed", inbound.namespace)
+    return OutboundError(inbound.namespace, describe_error(exc), inbound.metadata,
+                         code=error_code(exc))
+
+
 def _notify(inbound: InboundMessage, receipt: Receipt) -> None:
     if inbound.on_recorded is None:
         return
@@ -791,10 +872,12 @@ def _inbound_of(entry: LedgerEntry) -> InboundMessage | None:
         return None
     metadata = payload.get("metadata")
     reply_to = payload.get("reply_to")
+    hops = payload.get("hops")
     return InboundMessage(namespace, message,
                           dict(metadata) if isinstance(metadata, dict) else {},
                           delivery_id=entry.delivery_id,
-                          reply_to=dict(reply_to) if isinstance(reply_to, dict) else {})
+                          reply_to=dict(reply_to) if isinstance(reply_to, dict) else {},
+                          hops=tuple(str(h) for h in hops) if isinstance(hops, list) else ())
 
 
 def _stored(entry: LedgerEntry) -> Reply | None:

@@ -196,6 +196,8 @@ class WebhookChannel(BaseChannel):
         stored (a 4xx stores nothing), so a corrected retry with the same id can run."""
         if name is None:
             return
+        if isinstance(name, str) and "@" in name and self.context.daemon.federation:
+            return  # `name@peer`: the pipeline checks the peer, the peer its agent
         known = {agent.lower() for agent in self.context.agent_names()}
         if not isinstance(name, str) or name.lower() not in known:
             raise HTTPError(400, "unknown_agent",
@@ -231,6 +233,16 @@ class WebhookChannel(BaseChannel):
         return (status_for_code(reply.code),
                 error_body(request_id, reply.code, reply.error))
 
+    def queued(self, inbound: InboundMessage) -> None:
+        """The message waits for an unavailable peer (``on_unavailable: queue``): a waiting
+        synchronous request is answered ``202 queued`` now; its reply is kept for a retry
+        with the same id (and POSTed to ``callback_url`` when there is one)."""
+        pending = self._pending.get(inbound.delivery_id or "")
+        if pending is not None and not pending.done.is_set():
+            pending.status = 202
+            pending.body = {"id": inbound.delivery_id, "status": "queued"}
+            pending.done.set()
+
     def stores_before_send(self, reply: OutboundMessage | OutboundError) -> bool:
         """A callback must be stored before it is POSTed; a synchronous reply is only
         handed to the waiting request (and stored with its outcome)."""
@@ -251,7 +263,7 @@ class WebhookChannel(BaseChannel):
         request_id = reply.delivery_id or ""
         status, body = self._render(request_id, reply)
         pending = self._pending.get(request_id)
-        if pending is not None:
+        if pending is not None and not pending.done.is_set():
             pending.status, pending.body = status, body
             pending.done.set()
         url = reply.reply_to.get("callback_url")
