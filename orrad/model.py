@@ -265,6 +265,7 @@ class Receipt:
     ``new`` is false for a ``delivery_id`` recorded before (then ``state`` and, once
     answered, ``reply`` tell what became of it); ``error`` is set when the message could
     not be recorded (the state store is unavailable) and must not be acknowledged.
+    ``queued`` says the message will wait for an unavailable federation peer.
     """
 
     new: bool
@@ -272,6 +273,7 @@ class Receipt:
     state: str = "received"
     reply: OutboundMessage | OutboundError | None = None
     error: OrradError | None = None
+    queued: bool = False  # it will wait for an unavailable federation peer
 
 
 @dataclass

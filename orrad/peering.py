@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 # deadline and a short backoff, fit in that even when the peer's host does not answer.
 RETRY = RetrySettings(attempts=3, backoff_base_s=0.2, backoff_max_s=1.0)
 CONNECT_TIMEOUT_S = 1.2
-BREAKER_FAILURES = 3
+BREAKER_FAILURES = 5  # more than one call's attempts: a cut connection alone never opens it
 BREAKER_COOLDOWN_S = 2.0
 BREAKER_MAX_COOLDOWN_S = 10.0  # a queued message waits at most this long after the peer returns
 QUEUE_RETRY_INITIAL_S = 0.5
@@ -74,6 +74,11 @@ QUEUE_RETRY_MAX_S = 5.0
 HEALTH_EVERY_S = 15.0
 IN_PROGRESS_POLL_S = 0.1
 RELAY_IN_TIMEOUT_S = 600.0
+
+
+# Statuses of the relay endpoint that differ from a channel's: a loop is 409 between
+# daemons (never retried); only the channel that received the message answers 508.
+_RELAY_STATUS = {"loop_detected": 409}
 
 
 def _source(origin: str) -> str:
@@ -103,7 +108,7 @@ class Federation:
                                  breaker_factory=_breaker,
                                  connect_timeout_s=CONNECT_TIMEOUT_S)
         self.verifier = Verifier(config.instance, {p.name: p.secret for p in peers})
-        self.queue_depth: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()  # relays in their retry loop, per peer
         self.router: Router | None = None
         self.address: tuple[str, int] | None = None
 
@@ -123,6 +128,12 @@ class Federation:
                 return Ownership(ref.peer, ref.name)
             name = ref.name
         return Ownership(self.table.owner(namespace), name)
+
+    def would_queue(self, namespace: Namespace, agent: str | None) -> bool:
+        owner = self.owner(namespace, agent)
+        if owner.peer is None or self._peers[owner.peer].on_unavailable != "queue":
+            return False
+        return self.client.status(owner.peer).breaker.state is not BreakerState.CLOSED
 
     async def relay(self, peer: str, txn_id: str, inbound: InboundMessage, agent: str | None,
                     received_at: float, on_queued: Callable[[], None]) -> Reply | None:
@@ -173,7 +184,7 @@ class Federation:
                             code="expired")
                     if not queued:
                         queued = True
-                        self.queue_depth[peer] += 1
+                        self.waiting[peer] += 1
                         log.warning("relay of %s: %s; queued until it answers", namespace,
                                     exc.message)
                         on_queued()
@@ -188,7 +199,7 @@ class Federation:
                     inbound.metadata)
         finally:
             if queued:
-                self.queue_depth[peer] -= 1
+                self.waiting[peer] -= 1
 
     # -- the peers' side (FederationHost) ----------------------------------------------
 
@@ -225,7 +236,8 @@ class Federation:
                     continue
                 break
             if isinstance(reply, OutboundError):
-                raise FederationError(status_for_code(reply.code), reply.code, reply.error)
+                raise FederationError(_RELAY_STATUS.get(reply.code, status_for_code(reply.code)),
+                                      reply.code, reply.error)
             summary = reply.run_result
             return RelayResponse(txn_id=request.txn_id, message=reply.message.content,
                                  namespace=namespace.key, agent=summary.agent or None,
@@ -288,6 +300,12 @@ class Federation:
                 log.debug("peer %s health: %s", peer, exc.message)
             await trio.sleep(HEALTH_EVERY_S)
 
+    def queue_depth(self, peer: str) -> int:
+        """Messages waiting for ``peer``: every one in a lane whose head waits for it."""
+        if self.router is None:
+            return self.waiting[peer]
+        return max(self.router.queued_for(peer), self.waiting[peer])
+
     def peer_status(self) -> list[dict[str, Any]]:
         """``/v1/status`` ``peers`` (CONTRACT §5), plus breaker and round-trip time."""
         out = []
@@ -300,7 +318,7 @@ class Federation:
                 state = "degraded"
             out.append({
                 "name": name, "url": config.url, "state": state,
-                "last_error": status.last_error, "queue_depth": self.queue_depth[name],
+                "last_error": status.last_error, "queue_depth": self.queue_depth(name),
                 "breaker": str(breaker.state), "rtt_ms": _round(status.rtt_ms),
                 "namespaces": list(config.namespaces), "on_unavailable": config.on_unavailable,
             })
@@ -314,7 +332,7 @@ class Federation:
             lines.append(f'orrad_peer_up{{peer="{peer["name"]}"}} {up}')
         lines += ["# HELP orrad_federation_queue_depth Messages waiting for a peer",
                   "# TYPE orrad_federation_queue_depth gauge"]
-        lines += [f'orrad_federation_queue_depth{{peer="{name}"}} {self.queue_depth[name]}'
+        lines += [f'orrad_federation_queue_depth{{peer="{name}"}} {self.queue_depth(name)}'
                   for name in self._peers]
         return lines
 

@@ -128,6 +128,10 @@ class Relayer(Protocol):
         a ``code`` for a choice that names no known peer."""
         ...
 
+    def would_queue(self, namespace: Namespace, agent: str | None) -> bool:
+        """True when such a message would wait for an unavailable peer right now."""
+        ...
+
     async def relay(self, peer: str, txn_id: str, inbound: InboundMessage, agent: str | None,
                     received_at: float, on_queued: Callable[[], None]) -> Reply | None:
         """The owner's answer (an :class:`OutboundError` for its refusal or when it cannot
@@ -181,12 +185,14 @@ class _Job:
     keep_open: bool = False  # not an answer (the store failed): leave the entry received
     unsaved: bool = False  # the run's answer is not in the session (the store failed)
     first_attempt: bool = True  # false: it may have run before (recovery, a retry)
+    queued_notice: bool = False  # its sender was told it waits for a peer
     received_at: float = field(default_factory=time.time)
 
 
 @dataclass
 class _Lane:
     jobs: deque[_Job] = field(default_factory=deque)
+    queued_for: str | None = None  # the head waits for this unavailable peer
 
 
 class _Waiter:
@@ -267,6 +273,7 @@ class Router:
         self._settled_changed = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
+        self._epoch: str | None = None
         self.store_error: str | None = None
         self._store_back = trio.Event()  # set (and replaced) whenever writes work again
 
@@ -292,7 +299,8 @@ class Router:
         """Return once nothing is pending but deliveries waiting for a channel that is not
         attached (at shutdown: every run has finished and every answer that can be
         delivered now was; the rest stay in the ledger)."""
-        while self._pending > self._parked:
+        # Messages queued for an unavailable peer are in the ledger: they wait there too.
+        while self._pending > self._parked + self._queued_total():
             await self._settled_changed.wait()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -301,6 +309,7 @@ class Router:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.ledger is not None:
+                self._epoch = await self.ledger.epoch()
                 nursery.start_soon(self._recorder, self.ledger)
                 nursery.start_soon(self._settler, self.ledger)
             task_status.started()
@@ -445,11 +454,25 @@ class Router:
                     job.first_attempt = new
                     job.ledger_id = entry.id
                     self._active.add(entry.id)
-                    self._recorded(job, Receipt(True, str(entry.id)))
+                    queued = self._would_queue(job)
+                    job.queued_notice = queued
+                    self._recorded(job, Receipt(True, str(entry.id), queued=queued))
                 else:
                     job.skip = True
                     self._recorded(job, Receipt(False, str(entry.id), entry.state,
                                                 _stored(entry)))
+
+    def _would_queue(self, job: _Job) -> bool:
+        """Whether the message will wait for an unavailable peer (known now)."""
+        if self.relayer is None:
+            return False
+        lane = self._lanes.get(job.inbound.namespace.key)
+        if lane is not None and lane.queued_for is not None:
+            return True
+        try:
+            return self.relayer.would_queue(job.inbound.namespace, _explicit_agent(job.inbound))
+        except OrradError:
+            return False
 
     def _recorded(self, job: _Job, receipt: Receipt) -> None:
         assert job.recorded is not None
@@ -532,6 +555,9 @@ class Router:
             self._require_nursery().start_soon(self._run_lane, key, lane)
         else:
             lane.jobs.append(job)
+            if lane.queued_for is not None:
+                self._queued(job)  # behind a message that waits for its peer
+                self._changed()
 
     async def _run_lane(self, key: str, lane: _Lane) -> None:
         try:
@@ -603,9 +629,13 @@ class Router:
                 except OrradError as exc:
                     return _failed(inbound, exc)
                 if owner.peer is not None:
-                    reply = await self.relayer.relay(
-                        owner.peer, self._txn_id(job), inbound, owner.agent, job.received_at,
-                        lambda: self._queued(job))
+                    peer = owner.peer
+                    try:
+                        reply = await self.relayer.relay(
+                            peer, self._txn_id(job), inbound, owner.agent, job.received_at,
+                            lambda: self._lane_queued(job, peer))
+                    finally:
+                        self._lane_unqueued(job)
                     if reply is not None:
                         return reply
                 if explicit is not None:
@@ -615,11 +645,41 @@ class Router:
     def _txn_id(self, job: _Job) -> str:
         """Stable across restarts of this daemon (the ledger id), so a relay retried after
         a crash is recognised by the peer."""
-        if job.ledger_id is None:
+        if job.ledger_id is None or self._epoch is None:
             return f"{self.instance}:{uuid.uuid4()}"
-        return f"{self.instance}:{job.ledger_id}"
+        # The database's epoch: a daemon whose state was reset (or restored) starts ids
+        # again, and must never reuse a txn id a peer has answered before.
+        return f"{self.instance}:{self._epoch}:{job.ledger_id}"
+
+    def _lane_queued(self, job: _Job, peer: str) -> None:
+        """The head of ``job``'s lane waits for ``peer``: it and everything behind it are
+        queued (their senders are told so)."""
+        lane = self._lanes.get(job.inbound.namespace.key)
+        if lane is None:
+            return
+        lane.queued_for = peer
+        for waiting in lane.jobs:
+            self._queued(waiting)
+        self._changed()
+
+    def _lane_unqueued(self, job: _Job) -> None:
+        lane = self._lanes.get(job.inbound.namespace.key)
+        if lane is not None and lane.queued_for is not None:
+            lane.queued_for = None
+            self._changed()
+
+    def queued_for(self, peer: str) -> int:
+        """Messages waiting for ``peer`` to answer again (``on_unavailable: queue``)."""
+        return sum(len(lane.jobs) for lane in self._lanes.values() if lane.queued_for == peer)
+
+    def _queued_total(self) -> int:
+        return sum(len(lane.jobs) for lane in self._lanes.values()
+                   if lane.queued_for is not None)
 
     def _queued(self, job: _Job) -> None:
+        if job.queued_notice:
+            return
+        job.queued_notice = True
         target = job.target or job.source.target
         hook = getattr(target, "queued", None)
         if hook is not None:

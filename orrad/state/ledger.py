@@ -17,6 +17,7 @@ the channel confirms it.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from typing import Any, Literal
@@ -183,6 +184,21 @@ class Ledger:
             return [_row(r) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND state IN (?, ?) "
                 "ORDER BY id", (source, *OPEN_STATES))]
+
+        return await self.db.run(run)
+
+    async def epoch(self) -> str:
+        """A random token made when the ledger was first used: ids are only unique within
+        it (a reset or restored state directory starts another epoch)."""
+        candidate = secrets.token_hex(6)
+
+        def run(conn: sqlite3.Connection) -> str:
+            with transaction(conn):
+                conn.execute("INSERT OR IGNORE INTO kv (scope, key, value) VALUES "
+                             "('orrad', 'ledger_epoch', ?)", (_encode(candidate),))
+                (value,) = conn.execute("SELECT value FROM kv WHERE scope = 'orrad' AND "
+                                        "key = 'ledger_epoch'").fetchone()
+            return str(msgspec.json.decode(value))
 
         return await self.db.run(run)
 

@@ -165,6 +165,8 @@ class WebhookChannel(BaseChannel):
                                 "the state store is unavailable; retry later") from None
             if not receipt.new:
                 return self._repeat(request_id, receipt.reply, bool(body.callback_url))
+            if receipt.queued:
+                return json_response(202, {"id": request_id, "status": "queued"})
             if body.callback_url:
                 return json_response(202, {"id": request_id, "status": "accepted"})
             assert pending is not None
