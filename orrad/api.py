@@ -59,6 +59,10 @@ class DaemonView(Protocol):
         """Run ``inbound`` through the pipeline (source ``api``) and return its reply."""
         ...
 
+    def agent_error(self, name: str) -> str | None:
+        """Why ``name`` (``agent`` or ``agent@peer``) cannot be used, or ``None``."""
+        ...
+
     def hold_namespace(self, namespace: Namespace) -> AbstractAsyncContextManager[None]:
         """Wait for the namespace's run in progress, and keep new ones out meanwhile."""
         ...
@@ -136,6 +140,13 @@ def build_api_router(daemon: DaemonView) -> Router:
         metadata = dict(body.metadata)
         if body.agent:
             metadata["agent"] = body.agent
+        chosen = metadata.get("agent")
+        if chosen is not None:
+            # Refused before anything is stored (a 4xx stores nothing).
+            problem = (daemon.agent_error(chosen) if isinstance(chosen, str)
+                       else "agent must be a string")
+            if problem is not None:
+                raise HTTPError(400, "unknown_agent", problem)
         inbound = InboundMessage(namespace, Message.user(body.message), metadata,
                                  delivery_id=request_id)
         with trio.move_on_after(API_REPLY_TIMEOUT_S):

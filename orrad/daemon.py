@@ -113,6 +113,22 @@ class Daemon:
     async def call(self, inbound: InboundMessage) -> Reply:
         return await self.require_router().call(inbound, source=API_SOURCE)
 
+    def agent_error(self, name: str) -> str | None:
+        known = sorted(self.config.agents)
+        agent, at, peer = name.rpartition("@")
+        if at and self.config.federation is not None:
+            peers = {p.name for p in self.config.federation.peers}
+            if agent and peer in peers:
+                return None  # the peer checks its own agents
+            if agent and peer == self.config.instance:
+                name = agent
+            else:
+                return f"unknown peer {peer!r} in agent {name!r}; known peers: " + (
+                    ", ".join(sorted(peers)))
+        if name.lower() in {k.lower() for k in known}:
+            return None
+        return f"unknown agent {name!r}; known agents: {', '.join(known)}"
+
     def hold_namespace(self, namespace: Namespace) -> AbstractAsyncContextManager[None]:
         return self.locks.hold(namespace)
 

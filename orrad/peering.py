@@ -72,7 +72,7 @@ BREAKER_MAX_COOLDOWN_S = 10.0  # a queued message waits at most this long after 
 QUEUE_RETRY_INITIAL_S = 0.5
 QUEUE_RETRY_MAX_S = 5.0
 HEALTH_EVERY_S = 15.0
-IN_PROGRESS_POLL_S = 0.1
+IN_PROGRESS_POLL_S = 0.25
 RELAY_IN_TIMEOUT_S = 600.0
 
 
@@ -218,23 +218,28 @@ class Federation:
         router = self._router()
         namespace = Namespace.parse(request.namespace)
         METRICS.federation_received.inc(request.origin)
+        source = _source(request.origin)
         with trio.move_on_after(RELAY_IN_TIMEOUT_S):
-            while True:
-                metadata = {k: v for k, v in request.metadata.items() if k != "agent"}
-                if request.agent:
-                    metadata["agent"] = request.agent
-                inbound = InboundMessage(namespace, Message.user(request.message), metadata,
-                                         delivery_id=request.txn_id, hops=tuple(request.hops))
+            metadata = {k: v for k, v in request.metadata.items() if k != "agent"}
+            if request.agent:
+                metadata["agent"] = request.agent
+            inbound = InboundMessage(namespace, Message.user(request.message), metadata,
+                                     delivery_id=request.txn_id, hops=tuple(request.hops))
+            try:
+                reply: Reply = await router.call(inbound, source=source)
+            except StoreError:
+                raise FederationError(503, "unavailable",
+                                      "the state store is unavailable; retry later") from None
+            while isinstance(reply, OutboundError) and reply.code == "in_progress":
+                # A retry of a relay still running here: wait for the first one's answer
+                # in the ledger (a read, not another message in the pipeline).
+                await trio.sleep(IN_PROGRESS_POLL_S)
                 try:
-                    reply = await router.call(inbound, source=_source(request.origin))
+                    stored = await router.stored_answer(source, request.txn_id)
                 except StoreError:
-                    raise FederationError(503, "unavailable",
-                                          "the state store is unavailable; retry later") from None
-                if isinstance(reply, OutboundError) and reply.code == "in_progress":
-                    # A retry of a relay that is still running here: wait for its answer.
-                    await trio.sleep(IN_PROGRESS_POLL_S)
                     continue
-                break
+                if stored is not None:
+                    reply = stored
             if isinstance(reply, OutboundError):
                 raise FederationError(_RELAY_STATUS.get(reply.code, status_for_code(reply.code)),
                                       reply.code, reply.error)

@@ -75,6 +75,7 @@ REDELIVER_MAX_S = 60.0
 STORE_PROBE_S = 2.0
 
 _message_decoder = msgspec.json.Decoder(Message)
+_ENCODE = msgspec.json.Encoder().encode
 
 
 @dataclass
@@ -186,6 +187,8 @@ class _Job:
     unsaved: bool = False  # the run's answer is not in the session (the store failed)
     first_attempt: bool = True  # false: it may have run before (recovery, a retry)
     queued_notice: bool = False  # its sender was told it waits for a peer
+    store_broke: bool = False  # the local run failed on this daemon's state store
+    payload: bytes = b""  # the ledger's JSON of the message
     received_at: float = field(default_factory=time.time)
 
 
@@ -261,6 +264,7 @@ class Router:
         self._deliveries: dict[tuple[str, str], deque[_Job]] = {}
         self._sources: dict[str, _Source] = {}
         self._active: set[int] = set()  # ledger ids this process is running or delivering
+        self._ended_watch: list[set[int]] = []  # recoveries reading the ledger right now
         self._nursery: trio.Nursery | None = None
         # Messages waiting to be recorded, and delivery outcomes waiting to be written: one
         # task each takes all that is waiting into one ledger operation.
@@ -403,6 +407,14 @@ class Router:
         assert waiter.reply is not None
         return waiter.reply
 
+    async def stored_answer(self, source: str, delivery_id: str) -> Reply | None:
+        """The answer the ledger holds for ``(source, delivery_id)`` (``None`` while there
+        is none); reads only, so waiting for a running message costs no pipeline slot."""
+        if self.ledger is None:
+            return None
+        entry = await self.ledger.get(source, delivery_id)
+        return None if entry is None else _stored(entry)
+
     async def _intake(self, src: _Source, inbound: InboundMessage, agent: str | None,
                       target: ReplyTarget | None = None) -> None:
         self._require_nursery()
@@ -424,16 +436,13 @@ class Router:
             await self._record_more.wait()
             self._record_more = trio.Event()
             batch, self._to_record = self._to_record, []
+            batch = [job for job in batch if self._encodable(job)]
+            if not batch:
+                continue
             try:
                 results = await ledger.record_many([
                     (job.source.name, job.inbound.delivery_id or "",
-                     job.inbound.namespace.key, {
-                         "message": job.inbound.message,  # encoded as JSON by the ledger
-                         "metadata": job.inbound.metadata,
-                         "reply_to": job.inbound.reply_to,
-                         "agent": job.agent,
-                         "hops": job.inbound.hops,
-                     }) for job in batch])
+                     job.inbound.namespace.key, job.payload) for job in batch])
             except StoreError as exc:
                 self._store_failed(exc)
                 for job in batch:
@@ -461,6 +470,26 @@ class Router:
                     job.skip = True
                     self._recorded(job, Receipt(False, str(entry.id), entry.state,
                                                 _stored(entry)))
+
+    def _encodable(self, job: _Job) -> bool:
+        """Encode the job's ledger payload; a message that cannot be encoded (a plugin's
+        metadata holding objects JSON cannot carry) is refused alone."""
+        try:
+            job.payload = _ENCODE({
+                "message": job.inbound.message,
+                "metadata": job.inbound.metadata,
+                "reply_to": job.inbound.reply_to,
+                "agent": job.agent,
+                "hops": job.inbound.hops,
+            })
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.error("%s: message %s cannot be recorded: %s", job.source.name,
+                      job.inbound.delivery_id, exc)
+            job.skip = True
+            self._recorded(job, Receipt(False, error=OrradError(
+                f"the message cannot be recorded: {exc}")))
+            return False
+        return True
 
     def _would_queue(self, job: _Job) -> bool:
         """Whether the message will wait for an unavailable peer (known now)."""
@@ -495,6 +524,8 @@ class Router:
         self._room.release()
         if job.ledger_id is not None:
             self._active.discard(job.ledger_id)
+            for ended in self._ended_watch:
+                ended.add(job.ledger_id)
         src = job.source
         src.in_flight -= 1
         src.changed.set()
@@ -507,14 +538,20 @@ class Router:
     async def _recover(self, src: _Source) -> None:
         if self.ledger is None:
             return
+        # Ids that end while the read is in flight were open when read, and are done now.
+        ended: set[int] = set()
+        self._ended_watch.append(ended)
         try:
             entries = await self.ledger.open_entries(src.name)
         except StoreError as exc:
             self._store_failed(exc)
+            self._require_nursery().start_soon(self._recover_later, src)
             return
+        finally:
+            self._ended_watch.remove(ended)
         for entry in entries:
-            if entry.id in self._active:
-                continue  # an earlier generation in this process is still on it
+            if entry.id in self._active or entry.id in ended:
+                continue  # an earlier generation in this process is (or was just) on it
             inbound = _inbound_of(entry)
             if inbound is None:
                 log.error("%s: ledger entry %s is unreadable; dropping it", src.name,
@@ -543,6 +580,13 @@ class Router:
                          entry.delivery_id)
                 await self._answered(job, OutboundError(
                     inbound.namespace, INTERRUPTED, inbound.metadata, code="interrupted"))
+
+    async def _recover_later(self, src: _Source) -> None:
+        """Recovery the store refused: done once it can be written again."""
+        await self._store_writable()
+        log.info("%s: finishing what the ledger holds open, now that the store works",
+                 src.name)
+        await self._recover(src)
 
     # -- lanes and runs ------------------------------------------------------------------
 
@@ -589,13 +633,14 @@ class Router:
         answer goes to a platform or a callback runs again once the store can be written.
         """
         while True:
-            job.unsaved = False
-            async with self._limiter:
-                reply = await self._run(job)
+            job.unsaved = job.store_broke = False
+            # The run limiter is taken by the local run only: a relay waiting for its peer
+            # (a queue of an hour) must not hold run slots local namespaces need.
+            reply = await self._run(job)
             reply.delivery_id = job.inbound.delivery_id
             reply.reply_to = job.inbound.reply_to
-            store_failed = job.unsaved or (isinstance(reply, OutboundError)
-                                           and reply.code == "unavailable")
+            # Only this daemon's own store decides: a peer's "unavailable" is an answer.
+            store_failed = job.unsaved or job.store_broke
             if not store_failed or job.ledger_id is None:
                 return reply
             target = job.target or job.source.target
@@ -634,6 +679,8 @@ class Router:
                         reply = await self.relayer.relay(
                             peer, self._txn_id(job), inbound, owner.agent, job.received_at,
                             lambda: self._lane_queued(job, peer))
+                    except Exception as exc:  # a bug in relaying must not kill the router
+                        return _failed(inbound, exc)
                     finally:
                         self._lane_unqueued(job)
                     if reply is not None:
@@ -693,10 +740,11 @@ class Router:
         started = trio.current_time()
         try:
             runtime = self.agents.resolve(agent)
-            result = await runtime.run(
-                inbound.namespace, inbound.message,
-                run_id=None if job.ledger_id is None else str(job.ledger_id),
-                first_attempt=job.first_attempt)
+            async with self._limiter:
+                result = await runtime.run(
+                    inbound.namespace, inbound.message,
+                    run_id=None if job.ledger_id is None else str(job.ledger_id),
+                    first_attempt=job.first_attempt)
             METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
         except UnsavedRun as exc:
             log.warning("run in %s answered but its session could not be saved: %s",
@@ -708,6 +756,7 @@ class Router:
             result = exc.result
         except Exception as exc:
             if isinstance(exc, StoreError):
+                job.store_broke = True
                 self._store_failed(exc)
             return _failed(inbound, exc)
         return OutboundMessage(inbound.namespace, result.final_message, result.summary(),

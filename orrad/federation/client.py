@@ -101,6 +101,10 @@ _STATUS_CODES: Final = {
 
 T = TypeVar("T")
 
+# 5xx codes an orrad peer answers about its own run (its model failed...): the peer is up.
+_ALIVE_CODES: Final = frozenset({"provider_error", "max_turns_exceeded", "agent_error",
+                                 "internal", "timeout", "expired"})
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -362,7 +366,9 @@ class PeerClient:
                 # httpx enforces each phase; this bounds the whole attempt (slow drip too).
                 with trio.fail_after(timeout_s + 1):
                     response = await self._http.send(request)
-            except (trio.TooSlowError, httpx.TransportError) as exc:
+            except (trio.TooSlowError, httpx.HTTPError) as exc:
+                # Any httpx failure (a broken connection, a body that cannot be decoded)
+                # is the peer's failure, never ours to crash on.
                 error = PeerUnavailable(peer.name, _describe(exc, timeout_s))
                 breaker.record_failure(error.detail)
                 recorded = True
@@ -370,7 +376,12 @@ class PeerClient:
             status = response.status_code
             if status >= 500:
                 failed = _peer_error(PeerFailed, peer.name, response)
-                breaker.record_failure(f"HTTP {status} {failed.code}")
+                if failed.code in _ALIVE_CODES:
+                    # The peer is up and answered for itself (its agent failed): not a
+                    # reason to treat it as down.
+                    breaker.record_success()
+                else:
+                    breaker.record_failure(f"HTTP {status} {failed.code}")
                 recorded = True
                 raise failed
             breaker.record_success()

@@ -69,10 +69,18 @@ class Ledger:
 
     def _next_id(self, conn: sqlite3.Connection) -> int:
         if self._last_id is None:
-            (self._last_id,) = conn.execute(
-                "SELECT coalesce(max(id), 0) FROM ledger").fetchone()
+            # The high-water mark survives purges that empty the table: ids never repeat.
+            (largest,) = conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()
+            row = conn.execute("SELECT value FROM kv WHERE scope = 'orrad' AND "
+                               "key = 'ledger_last_id'").fetchone()
+            self._last_id = max(int(largest), int(msgspec.json.decode(row[0])) if row else 0)
         self._last_id += 1
         return self._last_id
+
+    def _save_high_water(self, conn: sqlite3.Connection) -> None:
+        if self._last_id is not None:
+            conn.execute("INSERT OR REPLACE INTO kv (scope, key, value) VALUES "
+                         "('orrad', 'ledger_last_id', ?)", (_encode(self._last_id),))
 
     async def record(self, source: str, delivery_id: str, namespace: str,
                      payload: dict[str, Any]) -> tuple[bool, LedgerEntry]:
@@ -83,10 +91,12 @@ class Ledger:
         return result
 
     async def record_many(
-        self, items: list[tuple[str, str, str, dict[str, Any]]]
+        self, items: list[tuple[str, str, str, dict[str, Any] | bytes]]
     ) -> list[tuple[bool, LedgerEntry]]:
-        """:meth:`record` for several messages in one operation (all or none stored)."""
-        encoded = [_encode(payload) for *_, payload in items]
+        """:meth:`record` for several messages in one operation (all or none stored); a
+        payload may be given already encoded (JSON bytes)."""
+        encoded = [payload if isinstance(payload, bytes) else _encode(payload)
+                   for *_, payload in items]
 
         def run(conn: sqlite3.Connection) -> list[tuple[bool, LedgerEntry]]:
             now = time.time()
@@ -106,9 +116,10 @@ class Ledger:
                         "payload, created_at, updated_at) "
                         "VALUES (?, ?, ?, ?, 'received', ?, ?, ?)",
                         (source, delivery_id, ledger_id, namespace, blob, now, now))
-                    results.append((True, LedgerEntry(ledger_id, source, delivery_id,
-                                                      namespace, "received", payload, None,
-                                                      now, now)))
+                    results.append((True, LedgerEntry(
+                        ledger_id, source, delivery_id, namespace, "received",
+                        {} if isinstance(payload, bytes) else payload, None, now, now)))
+                self._save_high_water(conn)
             return results
 
         return await self.db.run(run)

@@ -198,8 +198,16 @@ class WebhookChannel(BaseChannel):
         stored (a 4xx stores nothing), so a corrected retry with the same id can run."""
         if name is None:
             return
-        if isinstance(name, str) and "@" in name and self.context.daemon.federation:
-            return  # `name@peer`: the pipeline checks the peer, the peer its agent
+        federation = self.context.daemon.federation
+        if isinstance(name, str) and "@" in name and federation is not None:
+            # `name@peer`: the peer must be known here; its agents are the peer's to check.
+            agent, _, peer = name.rpartition("@")
+            peers = {p.name for p in federation.peers} | {self.context.instance}
+            if agent and peer in peers:
+                return
+            raise HTTPError(400, "unknown_agent",
+                            f"unknown peer {peer!r} in agent {name!r}; known peers: "
+                            f"{', '.join(sorted(peers))}")
         known = {agent.lower() for agent in self.context.agent_names()}
         if not isinstance(name, str) or name.lower() not in known:
             raise HTTPError(400, "unknown_agent",
