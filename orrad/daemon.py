@@ -16,7 +16,7 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import FrameType
 from typing import Any
@@ -349,7 +349,14 @@ class Daemon:
         """Stop intake, then give in-flight messages the grace period to be answered."""
         assert self.manager is not None and self.router is not None
         log.info("stopping: %d message(s) in flight", self.router.pending)
-        await self.manager.stop_all()
+        # Stop accepting everywhere at once: channels, the API and the federation listener
+        # (each lets the requests it already took finish within its own grace).
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.manager.stop_all)
+            if api_server is not None:
+                nursery.start_soon(_stop_within, api_server.stop, self.shutdown_grace_s)
+            if self.federation is not None:
+                nursery.start_soon(_stop_within, self.federation.stop, self.shutdown_grace_s)
         with trio.move_on_after(self.shutdown_grace_s) as scope:
             # Runs finish and their answers are stored; answers for channels that are
             # already stopped wait in the ledger for the next start.
@@ -357,9 +364,6 @@ class Daemon:
         if scope.cancelled_caught:
             log.warning("%d message(s) still running after %gs; stopping anyway",
                         self.router.pending, self.shutdown_grace_s)
-        if api_server is not None:
-            with trio.move_on_after(2):
-                await api_server.stop()
 
     async def _watchdog(self, interval: float) -> None:
         """Ping systemd while the supervisor loop is alive; a blocked loop stops the pings."""
@@ -416,6 +420,11 @@ class Daemon:
             else:
                 log.info("%s: stopping", signal.Signals(signum).name)
                 self.request_stop()
+
+
+async def _stop_within(stop: Callable[[], Awaitable[None]], grace_s: float) -> None:
+    with trio.move_on_after(grace_s):
+        await stop()
 
 
 # Set by the process-wide handlers run_daemon installs: a stop signal that arrived before

@@ -111,6 +111,7 @@ class Federation:
         self.waiting: Counter[str] = Counter()  # relays in their retry loop, per peer
         self.router: Router | None = None
         self.address: tuple[str, int] | None = None
+        self._server: HTTPServer | None = None
 
     @staticmethod
     def http_client() -> httpx.AsyncClient:
@@ -280,8 +281,8 @@ class Federation:
         router = self._router()
         for peer in self._peers:
             await router.attach(_source(peer), Discard())
-        server = HTTPServer(build_federation_router(_Host(self), self.verifier),
-                            name="federation")
+        server = self._server = HTTPServer(build_federation_router(_Host(self), self.verifier),
+                                           name="federation")
         async with trio.open_nursery() as nursery:
             try:
                 self.address = await nursery.start(server.serve, self.federation.listen)
@@ -295,6 +296,11 @@ class Federation:
                 nursery.start_soon(self._watch, peer)
             task_status.started(self.address)
             await trio.sleep_forever()
+
+    async def stop(self) -> None:
+        """Stop accepting relays; the ones in progress get their answers (server drain)."""
+        if self._server is not None:
+            await self._server.stop()
 
     async def _watch(self, peer: str) -> None:
         """Ask the peer's health now and then, so its state in ``/v1/status`` is true."""

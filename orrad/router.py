@@ -506,7 +506,21 @@ class Router:
     def _recorded(self, job: _Job, receipt: Receipt) -> None:
         assert job.recorded is not None
         job.recorded.set()
+        if job.skip:
+            self._drop(job)
         _notify(job.inbound, receipt)
+
+    def _drop(self, job: _Job) -> None:
+        """A job with nothing to run leaves its lane at once (unless the lane's runner
+        already holds it), so repeats never wait behind a long run holding a slot."""
+        lane = self._lanes.get(job.inbound.namespace.key)
+        if lane is None or not lane.jobs or lane.jobs[0] is job:
+            return
+        try:
+            lane.jobs.remove(job)
+        except ValueError:
+            return
+        self._end(job)
 
     def _begin(self, job: _Job) -> None:
         self._pending += 1
