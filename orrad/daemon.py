@@ -30,6 +30,7 @@ from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon_config
+from orrad.config.agents import agent_choice_problem
 from orrad.delivery import Reply
 from orrad.errors import ConfigErrors, DaemonError, OrradError, StoreError
 from orrad.http import HTTPServer
@@ -114,20 +115,8 @@ class Daemon:
         return await self.require_router().call(inbound, source=API_SOURCE)
 
     def agent_error(self, name: str) -> str | None:
-        known = sorted(self.config.agents)
-        agent, at, peer = name.rpartition("@")
-        if at and self.config.federation is not None:
-            peers = {p.name for p in self.config.federation.peers}
-            if agent and peer in peers:
-                return None  # the peer checks its own agents
-            if agent and peer == self.config.instance:
-                name = agent
-            else:
-                return f"unknown peer {peer!r} in agent {name!r}; known peers: " + (
-                    ", ".join(sorted(peers)))
-        if name.lower() in {k.lower() for k in known}:
-            return None
-        return f"unknown agent {name!r}; known agents: {', '.join(known)}"
+        return agent_choice_problem(name, self.config.agents, instance=self.config.instance,
+                                    federation=self.config.federation)
 
     def hold_namespace(self, namespace: Namespace) -> AbstractAsyncContextManager[None]:
         return self.locks.hold(namespace)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -108,7 +107,6 @@ class Federation:
                                  breaker_factory=_breaker,
                                  connect_timeout_s=CONNECT_TIMEOUT_S)
         self.verifier = Verifier(config.instance, {p.name: p.secret for p in peers})
-        self.waiting: Counter[str] = Counter()  # relays in their retry loop, per peer
         self.router: Router | None = None
         self.address: tuple[str, int] | None = None
         self._server: HTTPServer | None = None
@@ -154,53 +152,48 @@ class Federation:
                                metadata=metadata)
         queued = False
         delay = QUEUE_RETRY_INITIAL_S
-        try:
-            while True:
-                try:
-                    response = await self.client.relay(peer, request)
-                except PeerError as exc:
-                    if not exc.unavailable:
-                        METRICS.federation_relays.inc(peer, exc.code)
-                        log.warning("relay of %s to %s: %s", namespace, peer, exc.message)
-                        return OutboundError(namespace, exc.message, inbound.metadata,
-                                             code=exc.code)
-                    if config.on_unavailable == "fail":
-                        METRICS.federation_relays.inc(peer, "unavailable")
-                        log.warning("relay of %s: %s", namespace, exc.message)
-                        return OutboundError(namespace, exc.message, inbound.metadata,
-                                             code="unavailable")
-                    if config.on_unavailable == "local":
-                        METRICS.federation_relays.inc(peer, "local")
-                        log.warning("relay of %s: %s; answering here (on_unavailable: local)",
-                                    namespace, exc.message)
-                        return None
-                    waited = time.time() - received_at
-                    if waited >= config.queue_ttl_s:
-                        METRICS.federation_relays.inc(peer, "expired")
-                        log.warning("relay of %s to %s expired after %.0fs in the queue",
-                                    namespace, peer, waited)
-                        return OutboundError(
-                            namespace, f"peer {peer!r} stayed unavailable for "
-                            f"{config.queue_ttl_s:g}s; the message expired", inbound.metadata,
-                            code="expired")
-                    if not queued:
-                        queued = True
-                        self.waiting[peer] += 1
-                        log.warning("relay of %s: %s; queued until it answers", namespace,
-                                    exc.message)
-                        on_queued()
-                    await trio.sleep(min(delay, config.queue_ttl_s - waited))
-                    delay = min(delay * 2, QUEUE_RETRY_MAX_S)
-                    continue
-                METRICS.federation_relays.inc(peer, "ok")
-                return OutboundMessage(
-                    namespace, Message.assistant(response.message),
-                    RunSummary(response.agent or "", response.usage.to_usage(),
-                               instance=response.instance or peer),
-                    inbound.metadata)
-        finally:
-            if queued:
-                self.waiting[peer] -= 1
+        while True:
+            try:
+                response = await self.client.relay(peer, request)
+            except PeerError as exc:
+                if not exc.unavailable:
+                    METRICS.federation_relays.inc(peer, exc.code)
+                    log.warning("relay of %s to %s: %s", namespace, peer, exc.message)
+                    return OutboundError(namespace, exc.message, inbound.metadata,
+                                         code=exc.code)
+                if config.on_unavailable == "fail":
+                    METRICS.federation_relays.inc(peer, "unavailable")
+                    log.warning("relay of %s: %s", namespace, exc.message)
+                    return OutboundError(namespace, exc.message, inbound.metadata,
+                                         code="unavailable")
+                if config.on_unavailable == "local":
+                    METRICS.federation_relays.inc(peer, "local")
+                    log.warning("relay of %s: %s; answering here (on_unavailable: local)",
+                                namespace, exc.message)
+                    return None
+                waited = time.time() - received_at
+                if waited >= config.queue_ttl_s:
+                    METRICS.federation_relays.inc(peer, "expired")
+                    log.warning("relay of %s to %s expired after %.0fs in the queue",
+                                namespace, peer, waited)
+                    return OutboundError(
+                        namespace, f"peer {peer!r} stayed unavailable for "
+                        f"{config.queue_ttl_s:g}s; the message expired", inbound.metadata,
+                        code="expired")
+                if not queued:
+                    queued = True
+                    log.warning("relay of %s: %s; queued until it answers", namespace,
+                                exc.message)
+                    on_queued()
+                await trio.sleep(min(delay, config.queue_ttl_s - waited))
+                delay = min(delay * 2, QUEUE_RETRY_MAX_S)
+                continue
+            METRICS.federation_relays.inc(peer, "ok")
+            return OutboundMessage(
+                namespace, Message.assistant(response.message),
+                RunSummary(response.agent or "", response.usage.to_usage(),
+                           instance=response.instance or peer),
+                inbound.metadata)
 
     # -- the peers' side (FederationHost) ----------------------------------------------
 
@@ -313,9 +306,7 @@ class Federation:
 
     def queue_depth(self, peer: str) -> int:
         """Messages waiting for ``peer``: every one in a lane whose head waits for it."""
-        if self.router is None:
-            return self.waiting[peer]
-        return max(self.router.queued_for(peer), self.waiting[peer])
+        return 0 if self.router is None else self.router.queued_for(peer)
 
     def peer_status(self) -> list[dict[str, Any]]:
         """``/v1/status`` ``peers`` (CONTRACT §5), plus breaker and round-trip time."""

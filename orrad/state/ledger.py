@@ -137,22 +137,10 @@ class Ledger:
 
         await self.db.run(run)
 
-    async def finish(self, key: Key, reply: Any, state: LedgerState) -> None:
-        """Store the reply and the delivery's outcome at once (an answer whose delivery
-        needs nothing stored beforehand: a waiting caller)."""
-        encoded = _encode(reply)
-
-        def run(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.execute("UPDATE ledger SET state = ?, reply = ?, updated_at = ? "
-                             "WHERE source = ? AND delivery_id = ?",
-                             (state, encoded, time.time(), *key))
-
-        await self.db.run(run)
-
     async def settle_many(self, outcomes: list[tuple[Key, LedgerState, Any]]) -> None:
         """Record several deliveries' outcomes in one operation; an outcome with a reply
-        (not ``None``) stores it too (see :meth:`finish`)."""
+        (not ``None``) stores it too (an answer whose delivery needed nothing stored
+        beforehand: a caller waiting in this process)."""
         rows = [(state, None if reply is None else _encode(reply), key)
                 for key, state, reply in outcomes]
 

@@ -27,6 +27,7 @@ from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.callbacks import post_callback
 from orrad.config import ChannelConfig, WebhookChannelConfig
+from orrad.config.agents import agent_choice_problem
 from orrad.delivery import error_body, reply_body, status_for_code
 from orrad.errors import ChannelClosed, ChannelSendError, InvalidNamespace
 from orrad.http import (
@@ -198,20 +199,12 @@ class WebhookChannel(BaseChannel):
         stored (a 4xx stores nothing), so a corrected retry with the same id can run."""
         if name is None:
             return
-        federation = self.context.daemon.federation
-        if isinstance(name, str) and "@" in name and federation is not None:
-            # `name@peer`: the peer must be known here; its agents are the peer's to check.
-            agent, _, peer = name.rpartition("@")
-            peers = {p.name for p in federation.peers} | {self.context.instance}
-            if agent and peer in peers:
-                return
-            raise HTTPError(400, "unknown_agent",
-                            f"unknown peer {peer!r} in agent {name!r}; known peers: "
-                            f"{', '.join(sorted(peers))}")
-        known = {agent.lower() for agent in self.context.agent_names()}
-        if not isinstance(name, str) or name.lower() not in known:
-            raise HTTPError(400, "unknown_agent",
-                            f"unknown agent {name!r}; known agents: {', '.join(sorted(known))}")
+        problem = (agent_choice_problem(name, self.context.agent_names(),
+                                        instance=self.context.instance,
+                                        federation=self.context.daemon.federation)
+                   if isinstance(name, str) else "agent must be a string")
+        if problem is not None:
+            raise HTTPError(400, "unknown_agent", problem)
 
     def _namespace(self, requested: str | None) -> Namespace:
         """Always under the channel's prefix: the request names only the part below it."""
