@@ -1,8 +1,10 @@
 """Webhook throughput benchmark: orrad's webhook channel against a bare trio + h11 server.
 
 One run measures three scenarios, one after the other, each server in its own process and
-loaded by :mod:`tests.bench.loadgen` in another (so the load generator never shares an
-event loop or a GIL with the server it measures):
+loaded in another (so the load generator never shares an event loop or a GIL with the
+server it measures): by ``wrk`` when it is installed (:mod:`tests.bench.wrk`; the Python
+generator saturates near 4,000–6,000 req/s and would hide the ceiling), else by
+:mod:`tests.bench.loadgen` (``--loadgen python`` forces it):
 
 ``bare_h11``
     A JSON echo endpoint written on trio + h11 alone (:mod:`tests.bench.servers`): the
@@ -60,6 +62,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench import wrk
+
 __all__ = ["Options", "main", "run_benchmark"]
 
 log = logging.getLogger("bench.webhook")
@@ -84,6 +91,8 @@ class Options:
     openai_concurrency: int = 256
     openai_delay_s: float = IDEAL_DELAY_S
     timeout_s: float = 10.0
+    loadgen: str = "auto"
+    """``wrk``, ``python`` (:mod:`tests.bench.loadgen`) or ``auto`` (wrk when installed)."""
     workdir: Path | None = None
     """Keep configs, state and logs here (default: a temporary folder, removed afterwards)."""
 
@@ -208,17 +217,15 @@ def port_open(port: int) -> Callable[[], bool]:
 # -- load --------------------------------------------------------------------------------
 
 
-def load(port: int, opts: Options, *, concurrency: int, namespaces: int, path: str,
-         token: str | None = None, tag: str, servers: tuple[Child, ...] = ()
-         ) -> dict[str, Any]:
-    """Run :mod:`tests.bench.loadgen` against ``port`` in its own process; its summary.
+def use_wrk(opts: Options) -> bool:
+    """Whether this run loads with wrk (see :attr:`Options.loadgen`)."""
+    if opts.loadgen == "wrk" and not wrk.available():
+        raise RuntimeError("--loadgen wrk: no wrk on PATH (apt-get install wrk)")
+    return opts.loadgen == "wrk" or (opts.loadgen == "auto" and wrk.available())
 
-    ``servers`` are the processes under load: how many cores each kept busy during the run
-    (warm-up included) goes to ``cpu_cores[name]`` (1.0 = one core saturated), next to the
-    load generator's own.
-    """
-    before = {c.name: cpu_seconds(c.process.pid) for c in servers}
-    started = time.monotonic()
+
+def _python_load(port: int, opts: Options, *, concurrency: int, namespaces: int, path: str,
+                 token: str | None, tag: str) -> dict[str, Any]:
     argv = [
         sys.executable, "-m", "tests.bench.loadgen", "--port", str(port), "--path", path,
         "--concurrency", str(concurrency), "--namespaces", str(namespaces),
@@ -226,8 +233,6 @@ def load(port: int, opts: Options, *, concurrency: int, namespaces: int, path: s
         "--timeout", str(opts.timeout_s), "--tag", tag,
     ]
     env = _child_env(BENCH_TOKEN=token or "")
-    log.info("loading port %d: %d connections for %gs (+%gs warm-up)", port, concurrency,
-             opts.duration_s, opts.warmup_s)
     done = subprocess.run(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, cwd=REPO,
         timeout=opts.warmup_s + opts.duration_s + LOADGEN_SLACK_S, check=False,
@@ -236,6 +241,30 @@ def load(port: int, opts: Options, *, concurrency: int, namespaces: int, path: s
     if done.returncode != 0:
         raise RuntimeError(f"the load generator exited with {done.returncode}")
     summary: dict[str, Any] = json.loads(done.stdout)
+    summary["loadgen"] = "python"
+    return summary
+
+
+def load(port: int, opts: Options, *, concurrency: int, namespaces: int, path: str,
+         token: str | None = None, tag: str, servers: tuple[Child, ...] = ()
+         ) -> dict[str, Any]:
+    """Load ``port`` with wrk or :mod:`tests.bench.loadgen` in its own process; its summary.
+
+    ``servers`` are the processes under load: how many cores each kept busy during the run
+    (warm-up included) goes to ``cpu_cores[name]`` (1.0 = one core saturated), next to the
+    load generator's own.
+    """
+    before = {c.name: cpu_seconds(c.process.pid) for c in servers}
+    started = time.monotonic()
+    log.info("loading port %d: %d connections for %gs (+%gs warm-up)", port, concurrency,
+             opts.duration_s, opts.warmup_s)
+    if use_wrk(opts):
+        summary = wrk.run(port, path, concurrency=concurrency, namespaces=namespaces,
+                          warmup_s=opts.warmup_s, duration_s=opts.duration_s,
+                          timeout_s=opts.timeout_s, token=token, tag=tag)
+    else:
+        summary = _python_load(port, opts, concurrency=concurrency, namespaces=namespaces,
+                               path=path, token=token, tag=tag)
     elapsed = time.monotonic() - started
     cores: dict[str, float | None] = {"loadgen": summary.pop("cpu_cores_loadgen", None)}
     for child in servers:
@@ -435,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fake OpenAI answer delay in seconds (default 0.1)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="per-request timeout in seconds (default 10)")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                        help="load generator: wrk, the Python one, or wrk when installed "
+                             "(default auto)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="a new folder to keep configs, state and logs in (default: a "
                              "temporary folder, removed afterwards)")
@@ -448,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(duration_s=args.duration, warmup_s=args.warmup,
                    concurrency=args.concurrency, openai_concurrency=args.openai_concurrency,
                    openai_delay_s=args.openai_delay, timeout_s=args.timeout,
-                   workdir=args.workdir)
+                   loadgen=args.loadgen, workdir=args.workdir)
     try:
         report, ok = run_benchmark(opts)
     except KeyboardInterrupt:
