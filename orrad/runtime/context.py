@@ -10,18 +10,20 @@ Where orrad departs from orra on purpose:
 - :func:`fit_to_budget` pins the system message by role (orra pinned index 0, whatever it
   was), never separates a tool call from its results, starts the kept history on a plain user
   message, and always keeps the run in progress.
-- Counts are cached per message, so a turn tokenizes only the messages that are new.
+- Counts are cached per message and running totals per history list, so a turn tokenizes
+  only the messages that are new and trims without walking the history.
 - :func:`truncate_tool_result` cuts on a character boundary; orra cut bytes and could split a
   UTF-8 sequence.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "TOOL_RESULT_OVERHEAD",
     "TRUNCATION_MARKER",
     "ContextBudget",
+    "HistoryIndex",
     "MessageCounter",
     "fit_to_budget",
     "truncate_tool_result",
@@ -101,6 +104,52 @@ def _compact_json(value: Any) -> str:
     return msgspec.json.encode(value, enc_hook=str).decode()
 
 
+class HistoryIndex:
+    """Running token totals and turn starts of one history list, extended as it grows.
+
+    ``prefix[i]`` is the estimated tokens of ``history[:i]``; ``users`` the indices of plain
+    user messages (where a kept history may start) and ``unpaired`` the indices that hold no
+    tool results (the fallback start points of a history without user messages). With them
+    :func:`fit_to_budget` finds the longest suffix that fits by bisection instead of walking
+    the history, so a turn costs the same in a 10,000-message session as in a short one.
+    """
+
+    __slots__ = ("first", "history", "last", "prefix", "unpaired", "users")
+
+    def __init__(self, history: list[Message]) -> None:
+        self.history = history  # held so its id() cannot be reused while this entry lives
+        self.prefix = [0]
+        self.users: list[int] = []
+        self.unpaired: list[int] = []
+        self.first: Message | None = None
+        self.last: Message | None = None
+
+    def describes(self, history: list[Message]) -> bool:
+        """Whether ``history`` is this entry's list, unchanged up to what was indexed.
+
+        The runtime only appends to a session or rewrites its tail (a resumed run); either
+        leaves a different object at the last indexed position or a shorter list.
+        """
+        known = len(self.prefix) - 1
+        return (history is self.history and len(history) >= known
+                and (known == 0 or (history[0] is self.first and history[known - 1] is self.last)))
+
+    def extend(self, counter: MessageCounter) -> None:
+        """Index the messages appended since the last call."""
+        history, prefix = self.history, self.prefix
+        total = prefix[-1]
+        for index in range(len(prefix) - 1, len(history)):
+            message = history[index]
+            total += counter.count(message)
+            prefix.append(total)
+            if not message.tool_results:
+                self.unpaired.append(index)
+                if message.role == "user":
+                    self.users.append(index)
+        if history:
+            self.first, self.last = history[0], history[-1]
+
+
 class MessageCounter:
     """Token estimates for messages and tool schemas, cached per message.
 
@@ -126,11 +175,14 @@ class MessageCounter:
     Thread-safe: the cache is guarded by a lock; tokenizing happens outside it.
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, max_entries: int = 8192) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+    def __init__(self, tokenizer: Tokenizer, *, max_entries: int = 8192,
+                 max_histories: int = 1024) -> None:
+        if max_entries < 1 or max_histories < 1:
+            raise ValueError("max_entries and max_histories must be at least 1")
         self._tokenizer = tokenizer
         self._max_entries = max_entries
+        self._max_histories = max_histories
+        self._histories: OrderedDict[int, HistoryIndex] = OrderedDict()
         self._cache: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._lock = threading.Lock()
         self._by_identity: dict[int, tuple[weakref.ref[Message], int]] = {}
@@ -177,6 +229,24 @@ class MessageCounter:
         self._store(key, total)
         return total
 
+    def index(self, history: list[Message]) -> HistoryIndex:
+        """The up-to-date :class:`HistoryIndex` of ``history`` (kept for the newest lists).
+
+        Sessions stay decoded in memory between runs, so the same list comes back each turn
+        with a few messages appended: only those are counted. A list not seen before (or
+        rewritten) is indexed from scratch, each message's count still coming from the cache.
+        """
+        with self._lock:
+            entry = self._histories.get(id(history))
+            if entry is None or not entry.describes(history):
+                entry = HistoryIndex(history)
+                self._histories[id(history)] = entry
+                while len(self._histories) > self._max_histories:
+                    self._histories.popitem(last=False)
+            self._histories.move_to_end(id(history))
+        entry.extend(self)
+        return entry
+
     def count_all(self, messages: Iterable[Message]) -> int:
         """Sum of :meth:`count` over ``messages``."""
         return sum(self.count(message) for message in messages)
@@ -221,28 +291,9 @@ class MessageCounter:
 # -- trimming --------------------------------------------------------------------------------
 
 
-def _is_plain_user(message: Message) -> bool:
-    return message.role == "user" and not message.tool_results
-
-
-def _start_points(history: Sequence[Message]) -> list[int]:
-    """Indices where the kept history may begin, oldest first.
-
-    The start of every user turn (a plain user message) when there is one. A cut there can
-    never separate a tool call from its results: results always follow their call inside the
-    same turn. A history without any user message (an imported or hand-built one) falls back
-    to every index that does not hold tool results, i.e. the boundaries of the atomic
-    (tool call, results) units.
-    """
-    users = [i for i, message in enumerate(history) if _is_plain_user(message)]
-    if users:
-        return users
-    return [i for i, message in enumerate(history) if not message.tool_results]
-
-
 def fit_to_budget(
     system: Message | None,
-    history: Sequence[Message],
+    history: list[Message],
     budget_tokens: int,
     counter: MessageCounter,
 ) -> list[Message]:
@@ -264,26 +315,28 @@ def fit_to_budget(
        without its call, unless ``history`` itself was already broken inside the kept part.
 
     ``budget_tokens`` is what the messages may use: typically ``budget.available`` minus
-    :meth:`MessageCounter.count_tools` of the request's tools. Thanks to the counter's cache,
-    a call costs one cache lookup per message plus tokenizing the new ones.
+    :meth:`MessageCounter.count_tools` of the request's tools. The counter's
+    :class:`HistoryIndex` keeps running totals, so a call costs counting the messages new
+    since the last call plus a bisection, however long the history.
     """
     kept: list[Message] = []
     remaining = budget_tokens
     if system is not None:
         kept.append(system)
         remaining -= counter.count(system)
-    starts = _start_points(history)
+    index = counter.index(history)
+    # Start points: every user turn; without any, the boundaries of (call, results) units.
+    starts = index.users or index.unpaired
     if not starts:
         # Nothing but tool results: every one of them would be an orphan.
         return kept
-    chosen = starts[-1]
-    used = counter.count_all(history[chosen:])
-    for start in reversed(starts[:-1]):
-        turn = counter.count_all(history[start:chosen])
-        if used + turn > remaining:
-            break
-        used += turn
-        chosen = start
+    prefix = index.prefix
+    total = prefix[len(history)]
+    # The suffix from start s costs total - prefix[s], which only grows as s moves back:
+    # the oldest start whose suffix still fits is found by bisection. The newest turn is
+    # kept even when it alone does not fit.
+    oldest = bisect.bisect_left(starts, total - remaining, key=prefix.__getitem__)
+    chosen = starts[min(oldest, len(starts) - 1)]
     kept.extend(history[chosen:])
     return kept
 

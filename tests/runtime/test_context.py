@@ -416,3 +416,73 @@ def test_truncation_with_tiktoken(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     kept = out.partition("\n\n[truncated")[0]
     assert content.startswith(kept)
     assert tokenizer.count(kept) <= 150
+
+
+# -- the history index: same answer as a full walk, incremental cost ------------------------
+
+
+def _walk_reference(system: Message | None, history: Sequence[Message], budget: int,
+                    c: MessageCounter) -> list[Message]:
+    """fit_to_budget's rules as a plain walk over the whole history (the old algorithm)."""
+    kept = [] if system is None else [system]
+    remaining = budget - (c.count(system) if system is not None else 0)
+    users = [i for i, m in enumerate(history) if m.role == "user" and not m.tool_results]
+    starts = users or [i for i, m in enumerate(history) if not m.tool_results]
+    if not starts:
+        return kept
+    chosen = starts[-1]
+    used = sum(c.count(m) for m in history[chosen:])
+    for start in reversed(starts[:-1]):
+        turn = sum(c.count(m) for m in history[start:chosen])
+        if used + turn > remaining:
+            break
+        used += turn
+        chosen = start
+    return kept + list(history[chosen:])
+
+
+def test_index_matches_a_full_walk_as_a_history_grows_and_is_rewritten() -> None:
+    import random
+
+    rng = random.Random(7)
+    c = counter()
+    system = Message.system("be brief")
+    history: list[Message] = []
+    for step in range(300):
+        kind = rng.random()
+        if kind < 0.4:
+            history.append(Message.user("u" * rng.randint(1, 90)))
+        elif kind < 0.7:
+            history.append(Message.assistant("a" * rng.randint(0, 90)))
+        elif kind < 0.85:
+            history.extend(tool_turn(step, calls=rng.randint(1, 2), size=rng.randint(1, 60)))
+        elif kind < 0.95:
+            history.append(Message.tool_result([ToolResult("x", "orphan")]))
+        elif history:
+            del history[rng.randint(0, len(history) - 1):]  # a resumed run drops its tail
+        for budget in (0, 5, 60, 300, 2_000, 100_000):
+            for sys_message in (None, system):
+                assert fit_to_budget(sys_message, history, budget, c) == \
+                    _walk_reference(sys_message, history, budget, c), (step, budget)
+
+
+class CallCountingCounter(MessageCounter):
+    """A counter that records how many messages it was asked to count."""
+
+    calls = 0
+
+    def count(self, message: Message) -> int:
+        self.calls += 1
+        return super().count(message)
+
+
+def test_a_long_history_is_not_walked_again_each_turn() -> None:
+    c = CallCountingCounter(CharEstimator())
+    history = [m for n in range(2_000) for m in (Message.user(f"q{n}"), Message.assistant(f"a{n}"))]
+    fit_to_budget(None, history, 5_000, c)
+    before = c.calls
+    history += [Message.user("next"), Message.assistant("reply")]
+    kept = fit_to_budget(None, history, 5_000, c)
+    assert c.calls - before == 2  # the two new messages; the kept window is not re-counted
+    assert len(kept) > 100 and kept[0].role == "user" and kept[-1].content == "reply"
+    assert sum(MessageCounter(CharEstimator()).count(m) for m in kept) <= 5_000
