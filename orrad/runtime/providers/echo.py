@@ -6,10 +6,14 @@ usage is estimated at four characters per token.
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from orrad.model import Message, Usage
 from orrad.runtime.provider import CompletionRequest, CompletionResponse
 
 __all__ = ["EchoProvider"]
+
+_content = attrgetter("content")
 
 
 def _tokens(text: str) -> int:
@@ -41,7 +45,10 @@ class EchoProvider:
         )
         reply = Message.assistant("echo: " + text)
         usage = Usage(
-            input_tokens=sum(_tokens(m.content) for m in request.messages),
+            # Four characters a token over the whole request; map() keeps this loop in C,
+            # which matters when a long history is re-sent every turn.
+            input_tokens=(sum(map(len, map(_content, request.messages)))
+                          + 3 * len(request.messages)) // 4,
             output_tokens=_tokens(reply.content),
         )
         return CompletionResponse(reply, usage, "stop")
