@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
+from orrad import safejson
 from orrad.delivery import Reply, reply_body, status_for_code
 from orrad.errors import InvalidNamespace, StoreError
 from orrad.http import HTTPError, Request, Response, Router, json_response
@@ -80,8 +81,10 @@ class MessageRequest(msgspec.Struct):
 
 
 def decode_body(request: Request, type_: type[msgspec.Struct]) -> Any:
+    """The body as ``type_``; 400 ``bad_request`` for bad JSON (too deep included) or a bad
+    field."""
     try:
-        return msgspec.json.decode(request.body, type=type_)
+        return safejson.decode(request.body, type=type_)
     except msgspec.ValidationError as exc:
         raise HTTPError(400, "bad_request", f"invalid field: {exc}") from None
     except msgspec.DecodeError as exc:

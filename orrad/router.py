@@ -482,7 +482,7 @@ class Router:
                 "agent": job.agent,
                 "hops": job.inbound.hops,
             })
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             log.error("%s: message %s cannot be recorded: %s", job.source.name,
                       job.inbound.delivery_id, exc)
             job.skip = True

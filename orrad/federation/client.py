@@ -44,6 +44,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from orrad import safejson
 from orrad.config.schema import FederationConfig, PeerConfig
 from orrad.federation.breaker import Admission, BreakerStatus, CircuitBreaker
 from orrad.federation.errors import (
@@ -421,7 +422,7 @@ def _peer_error(cls: type[E], peer: str, response: httpx.Response) -> E:
     code = _STATUS_CODES.get(status, f"http_{status}")
     message = response.text[:MAX_ERROR_CHARS] or f"HTTP {status}"
     try:
-        detail = msgspec.json.decode(response.content, type=ErrorBody).error
+        detail = safejson.decode(response.content, type=ErrorBody).error
     except msgspec.DecodeError:
         pass
     else:

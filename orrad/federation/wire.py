@@ -23,6 +23,7 @@ from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
+from orrad import safejson
 from orrad.federation.errors import WireError
 from orrad.model import EPOCH, Message, ToolCall, ToolResult, Usage
 
@@ -201,10 +202,11 @@ def decode(data: bytes, tp: type[T]) -> T:
     """Decode ``data`` as ``tp`` (a wire Struct or e.g. ``list[AgentInfo]``).
 
     Raises:
-        WireError: not JSON, or not that shape (the message names the bad field).
+        WireError: not JSON (nested too deep included), or not that shape (the message
+            names the bad field).
     """
     try:
-        value: T = msgspec.json.decode(data, type=tp)
+        value: T = safejson.decode(data, type=tp)
     except msgspec.DecodeError as exc:
         raise WireError(f"invalid {_name(tp)}: {exc}") from None
     return value

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote
 
 import msgspec
 
+from orrad import safejson
 from orrad.errors import OrradError
 
 __all__ = [
@@ -119,10 +120,11 @@ class Request:
 
         Raises:
             HTTPError: 400 ``bad_request`` ("invalid JSON: ...") when the body is not valid
-                JSON (an empty body is not valid JSON either).
+                JSON (an empty body is not valid JSON either) or is nested more than
+                :data:`~orrad.safejson.MAX_JSON_DEPTH` deep.
         """
         try:
-            return msgspec.json.decode(self.body)
+            return safejson.decode(self.body)
         except msgspec.DecodeError as exc:
             raise HTTPError(400, "bad_request", f"invalid JSON: {exc}") from None
 

@@ -68,6 +68,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from orrad import safejson
 from orrad.channels.discord.rest import RestClient, RestError
 from orrad.errors import ChannelClosed, FatalChannelError, StoreError
 from orrad.state.kv import KeyValueStore
@@ -305,7 +306,7 @@ class _Conn:
 
 def _decode(raw: str | bytes) -> dict[str, Any] | None:
     try:
-        value = msgspec.json.decode(raw)
+        value = safejson.decode(raw)
     except msgspec.DecodeError:
         return None
     return value if isinstance(value, dict) else None

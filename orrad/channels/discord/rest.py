@@ -48,6 +48,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from orrad import safejson
 from orrad.errors import ChannelSendError, FatalChannelError
 from orrad.version import __version__
 
@@ -199,7 +200,7 @@ class RestOptions:
 
 def _json(response: httpx.Response) -> Any:
     try:
-        return msgspec.json.decode(response.content)
+        return safejson.decode(response.content)
     except msgspec.DecodeError:
         return None
 
@@ -286,7 +287,7 @@ class RestClient:
         """``GET /gateway/bot``: the gateway URL and the session start limit."""
         response = await self.request("GET", GATEWAY_BOT_ROUTE)
         try:
-            return msgspec.json.decode(response.content, type=GatewayBot)
+            return safejson.decode(response.content, type=GatewayBot)
         except msgspec.DecodeError as exc:
             raise RestError(f"GET /gateway/bot: unexpected answer ({exc})",
                             retryable=True) from exc

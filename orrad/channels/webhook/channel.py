@@ -23,6 +23,7 @@ import httpx
 import msgspec
 import trio
 
+from orrad import safejson
 from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.callbacks import post_callback
@@ -183,7 +184,7 @@ class WebhookChannel(BaseChannel):
 
     def _parse(self, request: Request) -> WebhookRequest:
         try:
-            body = msgspec.json.decode(request.body, type=WebhookRequest)
+            body = safejson.decode(request.body, type=WebhookRequest)
         except msgspec.ValidationError as exc:
             raise HTTPError(400, "bad_request", f"invalid field: {exc}") from None
         except msgspec.DecodeError as exc:

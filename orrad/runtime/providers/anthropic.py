@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from orrad import safejson
 from orrad.errors import ProviderError
 from orrad.model import Message, ToolCall, Usage
 from orrad.runtime.provider import CompletionRequest, CompletionResponse, FinishReason
@@ -187,7 +188,7 @@ class _ErrorBody(msgspec.Struct):
 def decode_response(raw: bytes) -> CompletionResponse:
     """Parse a 2xx body; a body that is not a message raises ``ProviderError``."""
     try:
-        response = msgspec.json.decode(raw, type=_Response)
+        response = safejson.decode(raw, type=_Response)
     except msgspec.DecodeError as exc:
         raise ProviderError(f"failed to parse response: {exc}") from exc
     text = "".join(b.text or "" for b in response.content if b.type == "text")
@@ -214,7 +215,7 @@ def decode_response(raw: bytes) -> CompletionResponse:
 def parse_error(raw: bytes) -> ErrorDetail:
     """``"{type}: {message}"`` from ``{"type":"error","error":{...}}``, else the raw body."""
     try:
-        body = msgspec.json.decode(raw, type=_ErrorBody)
+        body = safejson.decode(raw, type=_ErrorBody)
     except msgspec.DecodeError:
         body = _ErrorBody()
     if body.error is not None and body.error.message:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from orrad import safejson
 from orrad.errors import ProviderError
 from orrad.model import Message, ToolCall, Usage
 from orrad.runtime.provider import CompletionRequest, CompletionResponse, FinishReason
@@ -172,7 +173,7 @@ class _ErrorBody(msgspec.Struct):
 def decode_response(raw: bytes) -> CompletionResponse:
     """Parse a 2xx body; a body that is not a chat completion raises ``ProviderError``."""
     try:
-        completion = msgspec.json.decode(raw, type=_Completion)
+        completion = safejson.decode(raw, type=_Completion)
     except msgspec.DecodeError as exc:
         raise ProviderError(f"failed to parse response: {exc}") from exc
     usage = completion.usage or _Usage()
@@ -201,7 +202,7 @@ def _tool_call(index: int, call: _ToolCall) -> ToolCall:
     arguments = call.function.arguments
     if isinstance(arguments, str):
         try:
-            arguments = msgspec.json.decode(arguments) if arguments.strip() else {}
+            arguments = safejson.decode(arguments) if arguments.strip() else {}
         except msgspec.DecodeError:
             arguments = None
     if not isinstance(arguments, dict):
@@ -215,7 +216,7 @@ def _tool_call(index: int, call: _ToolCall) -> ToolCall:
 def parse_error(raw: bytes) -> ErrorDetail:
     """``error.message`` (and ``error.code``) of an error body, else the raw body text."""
     try:
-        body = msgspec.json.decode(raw, type=_ErrorBody)
+        body = safejson.decode(raw, type=_ErrorBody)
     except msgspec.DecodeError:
         body = _ErrorBody()
     if isinstance(body.error, str) and body.error:  # Ollama: {"error": "model not found"}
