@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import msgspec
 import pytest
 import trio
 
+from orrad import MemorySessionStore, Namespace, Runtime
 from orrad.channels.discord.rest import RestClient, RestError
 from orrad.channels.webhook import WebhookChannel
 from orrad.config import load_daemon_config
@@ -32,14 +34,19 @@ from orrad.federation.errors import BadPeerResponse, PeerRejected
 from orrad.federation.server import build_federation_router
 from orrad.federation.signing import Signer, Verifier
 from orrad.federation.wire import RelayRequest
-from orrad.http import HTTPServer, Request, Response, Router
-from orrad.model import Message
+from orrad.http import HTTPServer, Request, Response
+from orrad.http import Router as HTTPRouter
+from orrad.model import InboundMessage, Message, Receipt
+from orrad.router import AgentSet, Router
 from orrad.runtime.provider import CompletionRequest, Provider
 from orrad.runtime.providers import AnthropicProvider, OpenAIProvider, RetryPolicy
+from orrad.runtime.providers.echo import EchoProvider
 from orrad.safejson import MAX_JSON_DEPTH
+from orrad.state import Database, Ledger
 from tests.channels.discord.harness import fake_discord, open_db, run_bot, until
 from tests.fakes.llm import FakeAnthropic, FakeOpenAI
 from tests.federation.test_server import SECRETS, MemoryHost
+from tests.scripted import QueueChannel
 
 TOKEN = "hook-token"
 JSON = {"content-type": "application/json"}
@@ -150,6 +157,38 @@ async def test_deep_metadata_within_the_bound_is_stored_and_answered(
     no_errors_logged(caplog)
 
 
+async def test_a_plugins_too_deep_metadata_is_refused_alone(tmp_path: Path) -> None:
+    """A channel plugin (no JSON on the way in) may hand over metadata no encoder can
+    nest: that one message is refused, the next is answered, the store is not 'broken'."""
+    deep: Any = "leaf"
+    for _ in range(5000):
+        deep = [deep]
+    db = Database.in_state_dir(str(tmp_path / "state"))
+    await db.open()
+    router = Router(AgentSet({"a": Runtime(EchoProvider(), MemorySessionStore())}, "a"),
+                    ledger=Ledger(db))
+    channel = QueueChannel()
+    receipts: dict[str, Receipt] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        for delivery_id, metadata in (("deep", {"x": deep}), ("flat", {"x": 1})):
+            inbound = InboundMessage(Namespace("p"), Message.user(delivery_id), metadata,
+                                     delivery_id=delivery_id)
+            inbound.on_recorded = partial(receipts.__setitem__, delivery_id)
+            await router.submit(inbound, channel, source="plugin")
+        with trio.fail_after(5):
+            while not channel.replies:
+                await channel.reply_arrived.wait()
+            await router.wait_idle()
+        nursery.cancel_scope.cancel()
+    await db.close()
+    assert receipts["deep"].error is not None and not receipts["deep"].new
+    assert "cannot be recorded" in str(receipts["deep"].error)
+    assert receipts["flat"].new and receipts["flat"].error is None
+    assert [r.delivery_id for r in channel.replies] == ["flat"]
+    assert router.store_error is None
+
+
 # -- federation --------------------------------------------------------------------------------
 
 
@@ -177,7 +216,7 @@ async def test_too_deep_relay_body_is_400_and_reaches_no_host(
 
 async def serve_raw(nursery: trio.Nursery, routes: dict[str, tuple[int, bytes]]) -> str:
     """A server answering ``routes[path] = (status, raw body)`` to any method."""
-    router = Router()
+    router = HTTPRouter()
     for path, (status, body) in routes.items():
         async def answer(request: Request, status: int = status, body: bytes = body) -> Response:
             return Response(status, [("content-type", "application/json")], body)
