@@ -40,8 +40,10 @@ __all__ = [
     "TOOL_RESULT_OVERHEAD",
     "TRUNCATION_MARKER",
     "ContextBudget",
+    "Fitted",
     "HistoryIndex",
     "MessageCounter",
+    "fit",
     "fit_to_budget",
     "truncate_tool_result",
 ]
@@ -291,12 +293,30 @@ class MessageCounter:
 # -- trimming --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """What :func:`fit` keeps: the request's messages and their estimated tokens."""
+
+    messages: list[Message]
+    tokens: int
+
+
 def fit_to_budget(
     system: Message | None,
     history: list[Message],
     budget_tokens: int,
     counter: MessageCounter,
 ) -> list[Message]:
+    """The messages of :func:`fit` (see there for the rules)."""
+    return fit(system, history, budget_tokens, counter).messages
+
+
+def fit(
+    system: Message | None,
+    history: list[Message],
+    budget_tokens: int,
+    counter: MessageCounter,
+) -> Fitted:
     """Return the message list for a request: the system message, then what fits of history.
 
     Rules, in priority order:
@@ -320,16 +340,16 @@ def fit_to_budget(
     since the last call plus a bisection, however long the history.
     """
     kept: list[Message] = []
-    remaining = budget_tokens
+    system_tokens = 0 if system is None else counter.count(system)
     if system is not None:
         kept.append(system)
-        remaining -= counter.count(system)
+    remaining = budget_tokens - system_tokens
     index = counter.index(history)
     # Start points: every user turn; without any, the boundaries of (call, results) units.
     starts = index.users or index.unpaired
     if not starts:
         # Nothing but tool results: every one of them would be an orphan.
-        return kept
+        return Fitted(kept, system_tokens)
     prefix = index.prefix
     total = prefix[len(history)]
     # The suffix from start s costs total - prefix[s], which only grows as s moves back:
@@ -338,7 +358,7 @@ def fit_to_budget(
     oldest = bisect.bisect_left(starts, total - remaining, key=prefix.__getitem__)
     chosen = starts[min(oldest, len(starts) - 1)]
     kept.extend(history[chosen:])
-    return kept
+    return Fitted(kept, system_tokens + total - prefix[chosen])
 
 
 def truncate_tool_result(content: str, max_tokens: int, tokenizer: Tokenizer) -> str:

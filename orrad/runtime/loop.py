@@ -26,7 +26,13 @@ from orrad.errors import (
 )
 from orrad.metrics import METRICS
 from orrad.model import Message, Namespace, RunSummary, ToolCall, ToolResult, Usage
-from orrad.runtime.context import ContextBudget, MessageCounter, fit_to_budget, truncate_tool_result
+from orrad.runtime.context import (
+    ContextBudget,
+    MessageCounter,
+    fit,
+    fit_to_budget,
+    truncate_tool_result,
+)
 from orrad.runtime.policy import PolicyRegistry
 from orrad.runtime.provider import (
     CompletionRequest,
@@ -233,13 +239,15 @@ class Runtime:
         definitions: list[ToolDefinition],
     ) -> CompletionResponse:
         budget = self.budget.available - self.counter.count_tools(definitions)
-        messages = fit_to_budget(system, history, budget, self.counter)
+        fitted = fit(system, history, budget, self.counter)
+        messages = fitted.messages
         request = CompletionRequest(
             messages=messages,
             tools=definitions,
             max_tokens=self.config.max_output_tokens,
             temperature=self.config.temperature,
             model=self.config.model,
+            estimated_input_tokens=fitted.tokens,
         )
         try:
             return await self._call_provider(request)
@@ -251,7 +259,8 @@ class Runtime:
             if len(smaller) >= len(messages):
                 raise
             log.warning("context too long for the model; retrying with %d messages", len(smaller))
-            return await self._call_provider(msgspec.structs.replace(request, messages=smaller))
+            return await self._call_provider(msgspec.structs.replace(
+                request, messages=smaller, estimated_input_tokens=None))
 
     async def _call_provider(self, request: CompletionRequest) -> CompletionResponse:
         name = self.provider.name

@@ -30,13 +30,20 @@ class ToolDefinition(msgspec.Struct, frozen=True):
 
 
 class CompletionRequest(msgspec.Struct):
-    """One call to a model. ``model`` overrides the provider's configured model."""
+    """One call to a model. ``model`` overrides the provider's configured model.
+
+    ``estimated_input_tokens`` is the runtime's own estimate of ``messages`` (the context
+    budget's count, see :mod:`orrad.runtime.context`), when it made one: a provider that
+    must report usage without a server to ask (``echo``) uses it instead of walking the
+    messages again.
+    """
 
     messages: list[Message]
     tools: list[ToolDefinition] = msgspec.field(default_factory=list)
     max_tokens: int | None = None
     temperature: float | None = None
     model: str | None = None
+    estimated_input_tokens: int | None = None
 
 
 class CompletionResponse(msgspec.Struct):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from orrad import MemorySessionStore, Namespace, Runtime
 from orrad.errors import ConfigError
 from orrad.model import Message, ToolResult
 from orrad.runtime.provider import CompletionRequest, Provider
@@ -34,6 +35,17 @@ async def test_usage_is_roughly_chars_over_four() -> None:
     response = await EchoProvider().complete(request)
     assert response.usage.input_tokens == 10
     assert response.usage.output_tokens == len("echo: " + "x" * 40) // 4 + 1
+
+
+async def test_usage_takes_the_runtimes_estimate_when_given() -> None:
+    request = CompletionRequest([Message.user("x" * 40)], estimated_input_tokens=123)
+    assert (await EchoProvider().complete(request)).usage.input_tokens == 123
+
+
+async def test_the_runtime_sends_its_budget_count_as_the_estimate() -> None:
+    runtime = Runtime(EchoProvider(), MemorySessionStore())
+    result = await runtime.run(Namespace.parse("t:a"), Message.user("hello there"))
+    assert result.usage.input_tokens == runtime.counter.count(Message.user("hello there"))
 
 
 async def test_no_user_text() -> None:

@@ -1,7 +1,8 @@
 """The ``echo`` provider: no network, no key; answers ``echo: <the user's text>``.
 
-It is the default provider (CONTRACT §8), so a fresh daemon runs end to end offline. Token
-usage is estimated at four characters per token.
+It is the default provider (CONTRACT §8), so a fresh daemon runs end to end offline. Input
+usage is the runtime's own estimate of the request (its context budget count) when given,
+else four characters per token.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ _content = attrgetter("content")
 
 def _tokens(text: str) -> int:
     return (len(text) + 3) // 4
+
+
+def _input_tokens(request: CompletionRequest) -> int:
+    """The runtime's estimate when it sent one; else four characters a token (map() keeps
+    the walk over a long history in C)."""
+    if request.estimated_input_tokens is not None:
+        return request.estimated_input_tokens
+    return (sum(map(len, map(_content, request.messages))) + 3 * len(request.messages)) // 4
 
 
 class EchoProvider:
@@ -45,10 +54,7 @@ class EchoProvider:
         )
         reply = Message.assistant("echo: " + text)
         usage = Usage(
-            # Four characters a token over the whole request; map() keeps this loop in C,
-            # which matters when a long history is re-sent every turn.
-            input_tokens=(sum(map(len, map(_content, request.messages)))
-                          + 3 * len(request.messages)) // 4,
+            input_tokens=_input_tokens(request),
             output_tokens=_tokens(reply.content),
         )
         return CompletionResponse(reply, usage, "stop")
