@@ -45,7 +45,7 @@ async def test_usage_takes_the_runtimes_estimate_when_given() -> None:
 async def test_the_runtime_sends_its_budget_count_as_the_estimate() -> None:
     runtime = Runtime(EchoProvider(), MemorySessionStore())
     result = await runtime.run(Namespace.parse("t:a"), Message.user("hello there"))
-    assert result.usage.input_tokens == runtime.counter.count(Message.user("hello there"))
+    assert result.total_usage.input_tokens == runtime.counter.count(Message.user("hello there"))
 
 
 async def test_no_user_text() -> None:
