@@ -202,7 +202,23 @@ class Runtime:
                 await (replace(session) if replace is not None else self.store.save(session))
         message.run_id = run_id
         session.push(message)
-        await self.store.save(session)
+        # A first attempt's message is already durable in the ledger (a crash re-runs it
+        # from there), so the session is written once the first turn is done, with the
+        # answer; anything else is written now. A run that fails writes what it has.
+        unsaved = run_id is not None and first_attempt
+        if not unsaved:
+            await self.store.save(session)
+        try:
+            return await self._turns(namespace, session, max_turns, run_id)
+        except StoreError:
+            raise
+        except Exception:
+            if unsaved:  # e.g. the provider failed: the question stays in the session
+                await self.store.save(session)
+            raise
+
+    async def _turns(self, namespace: Namespace, session: Session, max_turns: int,
+                     run_id: str | None) -> RunResult:
         system = Message.system(self.config.system_prompt) if self.config.system_prompt else None
         turns: list[TurnResult] = []
         usage = Usage()

@@ -12,6 +12,7 @@ from orrad.errors import ContextLengthExceeded, MaxTurnsExceeded, ProviderError,
 from orrad.model import ToolCall, Usage
 from orrad.runtime.policy import PolicyRegistry, ToolPolicy
 from orrad.runtime.provider import CompletionResponse, ToolDefinition
+from orrad.runtime.sessions import Session
 from orrad.runtime.tokenizer import CharEstimator
 from orrad.runtime.tools import CurrentTimeTool, ToolRegistry
 from tests.scripted import ScriptedProvider, reply
@@ -161,6 +162,43 @@ async def test_provider_error_keeps_the_user_message() -> None:
     session = await store.load(NS)
     assert session is not None
     assert [m.content for m in session.messages] == ["remember me"]
+
+
+class CountingStore(MemorySessionStore):
+    """A memory store that counts its writes."""
+
+    saves = 0
+
+    async def save(self, session: Session) -> None:
+        self.saves += 1
+        await super().save(session)
+
+
+async def test_a_first_attempt_writes_the_session_once_with_its_answer() -> None:
+    store = CountingStore()
+    runtime = Runtime(ScriptedProvider([reply("hi")]), store)
+    await runtime.run(NS, Message.user("hello"), run_id="7", first_attempt=True)
+    assert store.saves == 1  # the ledger already holds the question durably
+    session = await store.load(NS)
+    assert session is not None
+    assert [(m.content, m.run_id) for m in session.messages] == [("hello", "7"), ("hi", "7")]
+
+
+async def test_a_failed_first_attempt_still_keeps_the_user_message() -> None:
+    store = CountingStore()
+    runtime = Runtime(ScriptedProvider([ProviderError("down")]), store)
+    with pytest.raises(ProviderError):
+        await runtime.run(NS, Message.user("remember me"), run_id="8", first_attempt=True)
+    session = await store.load(NS)
+    assert session is not None
+    assert [m.content for m in session.messages] == ["remember me"]
+
+
+async def test_a_rerun_writes_the_question_before_the_provider_is_called() -> None:
+    store = CountingStore()
+    runtime = Runtime(ScriptedProvider([reply("hi")]), store)
+    await runtime.run(NS, Message.user("hello"), run_id="9")
+    assert store.saves == 2
 
 
 async def test_system_prompt_sent_first_never_stored() -> None:
