@@ -8,6 +8,7 @@ sessions and metrics, served by orrad's own HTTP server.
 from __future__ import annotations
 
 import hmac
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -25,6 +26,8 @@ from orrad.model import InboundMessage, Message, Namespace, OutboundMessage
 from orrad.runtime.sessions import SessionStore
 
 __all__ = ["DaemonView", "build_api_router"]
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -91,6 +94,13 @@ def decode_body(request: Request, type_: type[msgspec.Struct]) -> Any:
         raise HTTPError(400, "bad_request", f"invalid JSON: {exc}") from None
 
 
+def store_unavailable(request: Request, exc: StoreError) -> HTTPError:
+    """A read or write of the store failed (a damaged database included): logged, and
+    answered 503 without the details (they name files)."""
+    log.error("api: %s %s: %s", request.method, request.path, exc)
+    return HTTPError(503, "unavailable", "the state store is unavailable; retry later")
+
+
 def parse_namespace(key: str) -> Namespace:
     try:
         return Namespace.parse(key)
@@ -155,9 +165,8 @@ def build_api_router(daemon: DaemonView) -> Router:
         with trio.move_on_after(API_REPLY_TIMEOUT_S):
             try:
                 reply = await daemon.call(inbound)
-            except StoreError:
-                raise HTTPError(503, "unavailable",
-                                "the state store is unavailable; retry later") from None
+            except StoreError as exc:
+                raise store_unavailable(request, exc) from None
             if isinstance(reply, OutboundMessage):
                 return json_response(200, reply_body(reply, request_id, daemon.instance))
             raise HTTPError(status_for_code(reply.code), reply.code, reply.error)
@@ -165,12 +174,18 @@ def build_api_router(daemon: DaemonView) -> Router:
 
     async def list_sessions(request: Request) -> Response:
         prefix = request.query.get("prefix", [""])[0]
-        infos = await daemon.store.list(parse_namespace(prefix) if prefix else None)
+        try:
+            infos = await daemon.store.list(parse_namespace(prefix) if prefix else None)
+        except StoreError as exc:
+            raise store_unavailable(request, exc) from None
         return json_response(200, [msgspec.to_builtins(i) for i in infos])
 
     async def get_session(request: Request) -> Response:
         namespace = parse_namespace(request.path_params["namespace"])
-        session = await daemon.store.load(namespace)
+        try:
+            session = await daemon.store.load(namespace)
+        except StoreError as exc:
+            raise store_unavailable(request, exc) from None
         if session is None:
             raise HTTPError(404, "not_found", f"no session {namespace.key}")
         return json_response(200, {
@@ -182,8 +197,11 @@ def build_api_router(daemon: DaemonView) -> Router:
         namespace = parse_namespace(request.path_params["namespace"])
         # Under the namespace's lock: a run in progress finishes (and saves) first, so the
         # delete is not undone by that run's save.
-        async with daemon.hold_namespace(namespace):
-            deleted = await daemon.store.delete(namespace)
+        try:
+            async with daemon.hold_namespace(namespace):
+                deleted = await daemon.store.delete(namespace)
+        except StoreError as exc:
+            raise store_unavailable(request, exc) from None
         if not deleted:
             raise HTTPError(404, "not_found", f"no session {namespace.key}")
         return json_response(200, {"namespace": namespace.key, "deleted": True})

@@ -136,6 +136,20 @@ class StoreError(OrradError):
         super().__init__(f"storage error: {message}")
 
 
+class StoreCorrupt(StoreError):
+    """The state database is damaged: SQLite found a malformed page (``SQLITE_CORRUPT``,
+    ``SQLITE_NOTADB``) or a stored record cannot be read back. Retrying cannot repair it;
+    the operator restores the file from a backup or moves it away."""
+
+    def __init__(self, detail: str, path: str | None = None, *, hint: str = "") -> None:
+        # SQLite quotes damaged bytes: keep the log line printable and short.
+        detail = "".join(c if c.isprintable() else "?" for c in detail)[:300]
+        self.detail = detail
+        self.path = path
+        where = f"the state database {path}" if path else "the state database"
+        super().__init__(f"{where} is damaged ({detail})" + (f"; {hint}" if hint else ""))
+
+
 class UnsavedRun(StoreError):
     """A run produced its answer but the session could not be saved afterwards.
 

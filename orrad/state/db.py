@@ -8,6 +8,14 @@ load, many messages share one thread hop and one fsync instead of paying for the
 The worker is never abandoned on cancellation: an operation is either committed or not
 started, never in an unknown state. WAL keeps outside readers (the ``orrad sessions`` CLI)
 unblocked.
+
+A database this orrad must not use is refused when it is opened: one written by a newer
+orrad (its ``user_version`` is past the last migration here), or, for the daemon, one that
+fails ``PRAGMA quick_check`` (run on a connection of its own, so the check does not fill
+the daemon's page cache). Damage found later, while running (SQLite's ``SQLITE_CORRUPT`` /
+``SQLITE_NOTADB``, a stored record that no longer decodes), fails the operation that met
+it with :class:`~orrad.errors.StoreCorrupt`, a :class:`~orrad.errors.StoreError`: callers
+answer it like any store failure (503), and the other operations of its batch still run.
 """
 
 from __future__ import annotations
@@ -18,17 +26,24 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import trio
 
-from orrad.errors import StoreError
+from orrad.errors import StoreCorrupt, StoreError
+from orrad.version import __version__
 
-__all__ = ["DB_FILENAME", "Database"]
+__all__ = ["DB_FILENAME", "Database", "is_corruption", "store_error"]
 
 log = logging.getLogger(__name__)
 
 DB_FILENAME = "orrad.sqlite3"
 CACHE_KIB = 64 * 1024
 T = TypeVar("T")
+# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+MOVE_IT_AWAY = ("refusing to use it: restore it from a backup, or move it away to start with an "
+                "empty state")
 
 # Each entry moves the schema from version i to i+1. Append only; never edit a shipped step.
 MIGRATIONS: list[str] = [
@@ -119,9 +134,16 @@ class Database:
                     f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                     check_same_thread=False,
                 )
-                conn.execute("PRAGMA busy_timeout = 5000")
+                try:
+                    conn.execute("PRAGMA busy_timeout = 5000")
+                    self._check_schema(conn)
+                except BaseException:
+                    conn.close()
+                    raise
             else:
                 os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+                if os.path.exists(self.path):
+                    self._check_sync()
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA busy_timeout = 5000")
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -134,11 +156,40 @@ class Database:
                 conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
                 self._migrate(conn)
         except sqlite3.Error as exc:
+            if is_corruption(exc):
+                raise StoreCorrupt(str(exc), self.path, hint=MOVE_IT_AWAY) from exc
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _check_sync(self) -> None:
+        """Refuse a newer schema or a damaged file before the daemon uses it (own
+        connection: what the check reads does not stay in the daemon's page cache)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._check_schema(conn)
+            rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+        finally:
+            conn.close()
+        if [row[0] for row in rows] != ["ok"]:
+            lines = [line for row in rows for line in str(row[0]).splitlines()
+                     if line.strip() and not line.startswith("*** in database")]
+            detail = "; ".join(lines)[:300] or "no detail"
+            raise StoreCorrupt(f"quick_check: {detail}", self.path, hint=MOVE_IT_AWAY)
+
+    def _check_schema(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version; a version this orrad does not know is refused."""
         (version,) = conn.execute("PRAGMA user_version").fetchone()
+        newest = len(MIGRATIONS)
+        if version > newest:
+            raise StoreError(
+                f"the state database {self.path} has schema version {version}, newer than "
+                f"the newest this orrad {__version__} knows ({newest}): it was written by a "
+                "newer orrad; run that version, or restore a backup made for this one")
+        return int(version)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = self._check_schema(conn)
         for target in range(version + 1, len(MIGRATIONS) + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -185,7 +236,7 @@ class Database:
                 for op in batch:
                     op.fail(StoreError("state database is not open"))
                 return
-            await trio.to_thread.run_sync(_run_batch, conn, batch)
+            await trio.to_thread.run_sync(_run_batch, conn, batch, self.path)
         finally:
             # Operations a cancellation kept from running go back to the front of the queue
             # for the next flusher.
@@ -201,8 +252,8 @@ class Database:
         assert self._conn is not None
         try:
             return fn(self._conn)
-        except sqlite3.Error as exc:
-            raise StoreError(str(exc)) from exc
+        except (sqlite3.Error, msgspec.DecodeError, StoreCorrupt) as exc:
+            raise store_error(exc, self.path) from exc
 
     def close_sync(self) -> None:
         if self._conn is not None:
@@ -246,19 +297,59 @@ class _Op(Generic[T]):
     def fail(self, error: BaseException) -> None:
         self.error, self.finished = error, True
 
+    def reset(self) -> None:
+        self.value, self.error, self.finished = None, None, False
+
     def result(self) -> T:
         if self.error is not None:
             raise self.error
         return self.value  # type: ignore[return-value]
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+def is_corruption(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite reporting a damaged database file."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return True
+    text = str(exc)
+    # TEXT that is not UTF-8: orrad only ever writes UTF-8, so the bytes were damaged.
+    return ("malformed" in text or "not a database" in text
+            or text.startswith("Could not decode to UTF-8"))
+
+
+def store_error(exc: BaseException, path: str) -> StoreError:
+    """The :class:`StoreError` for a failure inside an operation: damage (a malformed
+    file, a stored record that does not decode) is a :class:`StoreCorrupt` naming ``path``."""
+    if isinstance(exc, StoreCorrupt):
+        return exc if exc.path is not None else StoreCorrupt(exc.detail, path)
+    if isinstance(exc, msgspec.DecodeError):  # only stored records are decoded in here
+        return StoreCorrupt(f"unreadable record: {exc}", path)
+    if is_corruption(exc):
+        return StoreCorrupt(str(exc), path)
+    if isinstance(exc, StoreError):
+        return exc
+    return StoreError(str(exc))
+
+
+def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
     """Worker thread: the whole batch in one transaction, each op in a savepoint.
 
     Any SQLite failure of the batch machinery itself (a full disk at COMMIT, an I/O error
     in a savepoint) fails every operation of the batch with a StoreError and always leaves
-    the connection outside a transaction, so the next batch starts clean.
+    the connection outside a transaction, so the next batch starts clean. An operation
+    that meets a damaged page fails alone: the transaction it poisoned is rolled back and
+    the others run again without it.
     """
+    while batch:
+        batch = _attempt_batch(conn, batch, path)
+
+
+def _attempt_batch(conn: sqlite3.Connection, batch: list[_Op[Any]],
+                   path: str) -> list[_Op[Any]]:
+    """One transaction over ``batch``; returns the operations to run again (none, unless
+    one of them met a damaged page)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
         for op in batch:
@@ -266,12 +357,24 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
             try:
                 op.value = op.fn(conn)
             except Exception as exc:
+                if is_corruption(exc):
+                    # A damaged page poisons the whole transaction (its COMMIT fails with
+                    # the same error): this operation fails, the rest start over without it.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    op.fail(store_error(exc, path))
+                    rest = [other for other in batch if other is not op]
+                    for other in rest:
+                        other.reset()
+                    return rest
                 if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
                     # SQLite rolled the whole transaction back itself (a full disk, an
                     # I/O error): every operation of the batch is lost, not just this one.
                     raise
                 conn.execute("ROLLBACK TO op")
-                op.error = StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc
+                op.error = (store_error(exc, path)
+                            if isinstance(exc, (sqlite3.Error, msgspec.DecodeError, StoreError))
+                            else exc)
             conn.execute("RELEASE op")
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -280,8 +383,11 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 log.exception("state database: rollback failed")
+        damaged = is_corruption(exc)
         for op in batch:
-            op.fail(StoreError(f"batch failed: {exc}"))
-        return
+            op.fail(StoreCorrupt(f"batch failed: {exc}", path) if damaged
+                    else StoreError(f"batch failed: {exc}"))
+        return []
     for op in batch:
         op.finished = True
+    return []

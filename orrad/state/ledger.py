@@ -13,10 +13,15 @@ its id.
 States move ``received -> answered -> delivered``; ``failed`` when the answer was refused
 for good. ``answered`` rows hold the reply, so it is delivered again (the same reply) until
 the channel confirms it.
+
+A row whose stored JSON no longer decodes (damaged bytes SQLite cannot notice) is read with
+an empty payload and no reply, and logged: the router then reports and drops that one
+message instead of every read of its source failing.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import time
@@ -30,6 +35,8 @@ __all__ = ["OPEN_STATES", "Key", "Ledger", "LedgerEntry", "LedgerState"]
 
 LedgerState = Literal["received", "answered", "delivered", "failed"]
 OPEN_STATES: tuple[LedgerState, ...] = ("received", "answered")
+
+log = logging.getLogger(__name__)
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -53,8 +60,20 @@ _COLUMNS = ("id, source, delivery_id, namespace, state, payload, reply, created_
 
 def _row(row: tuple[Any, ...]) -> LedgerEntry:
     id_, source, delivery_id, namespace, state, payload, reply, created, updated = row
-    return LedgerEntry(id_, source, delivery_id, namespace, state, _decode(payload),
-                       None if reply is None else _decode(reply), created, updated)
+    where = f"{source}/{delivery_id}"
+    stored_reply = None if reply is None else _stored_json(reply, where, "reply")
+    return LedgerEntry(id_, source, delivery_id, namespace, state,
+                       _stored_json(payload, where, "payload") or {}, stored_reply,
+                       created, updated)
+
+
+def _stored_json(blob: Any, where: str, what: str) -> dict[str, Any] | None:
+    try:
+        return _decode(blob)
+    except (msgspec.DecodeError, RecursionError, TypeError) as exc:
+        log.error("ledger entry %s: the stored %s is unreadable (%s); the state database "
+                  "is damaged", where, what, exc)
+        return None
 
 
 Key = tuple[str, str]  # (source, delivery_id)

@@ -8,6 +8,7 @@ from datetime import datetime
 
 import msgspec
 
+from orrad.errors import StoreCorrupt
 from orrad.model import Message, Namespace
 from orrad.runtime.sessions import Session, SessionInfo
 from orrad.state.db import Database, transaction
@@ -97,10 +98,18 @@ def load_session(conn: sqlite3.Connection, key: str) -> Session | None:
     return Session(
         namespace=key,
         messages=messages,
-        created_at=datetime.fromisoformat(row[0]),
-        updated_at=datetime.fromisoformat(row[1]),
+        created_at=_timestamp(row[0]),
+        updated_at=_timestamp(row[1]),
         metadata=_decode_metadata(row[2]),
     )
+
+
+def _timestamp(text: object) -> datetime:
+    """A stored ISO timestamp; one that does not parse is a damaged record."""
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError as exc:
+        raise StoreCorrupt(f"unreadable timestamp {str(text)[:40]!r}") from exc
 
 
 def _save(conn: sqlite3.Connection, session: Session, *, rewrite: bool = False) -> None:
@@ -147,6 +156,6 @@ def list_sessions(conn: sqlite3.Connection, prefix: Namespace | None) -> list[Se
         params = (prefix.key, _escape_like(prefix.key) + ":%")
     sql += " ORDER BY namespace"
     return [
-        SessionInfo(ns, count, datetime.fromisoformat(c), datetime.fromisoformat(u))
+        SessionInfo(ns, count, _timestamp(c), _timestamp(u))
         for ns, count, c, u in conn.execute(sql, params)
     ]
