@@ -62,6 +62,7 @@ from orrad.model import (
 )
 from orrad.runtime.loop import RunResult, Runtime
 from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState
+from orrad.sync import acquire, held
 
 __all__ = ["INTERRUPTED", "AgentSet", "Ownership", "Relayer", "Reply", "Router", "chosen_agent",
            "error_code"]
@@ -418,7 +419,7 @@ class Router:
     async def _intake(self, src: _Source, inbound: InboundMessage, agent: str | None,
                       target: ReplyTarget | None = None) -> None:
         self._require_nursery()
-        await self._room.acquire()
+        await acquire(self._room)
         job = _Job(inbound, src, chosen_agent(inbound, agent), target)
         self._begin(job)
         if self.ledger is not None and inbound.delivery_id is not None:
@@ -573,7 +574,7 @@ class Router:
                 await self._mark_once((entry.source, entry.delivery_id), "failed")
                 continue
             self._active.add(entry.id)
-            await self._room.acquire()
+            await acquire(self._room)
             agent = entry.payload.get("agent")
             job = _Job(inbound, src, agent if isinstance(agent, str) else None,
                        ledger_id=entry.id, first_attempt=False, received_at=entry.created_at)
@@ -754,7 +755,7 @@ class Router:
         started = trio.current_time()
         try:
             runtime = self.agents.resolve(agent)
-            async with self._limiter:
+            async with held(self._limiter):
                 result = await runtime.run(
                     inbound.namespace, inbound.message,
                     run_id=None if job.ledger_id is None else str(job.ledger_id),
@@ -858,7 +859,7 @@ class Router:
         while True:
             target = job.target or await self._live_target(src)
             try:
-                async with src.sends:
+                async with held(src.sends):
                     if isinstance(reply, OutboundMessage):
                         await target.send(reply)
                     else:

@@ -43,6 +43,7 @@ from orrad.runtime.provider import (
 from orrad.runtime.sessions import Session, SessionStore
 from orrad.runtime.tokenizer import CharEstimator, Tokenizer
 from orrad.runtime.tools import ToolRegistry
+from orrad.sync import held
 
 __all__ = ["NamespaceLocks", "RunResult", "Runtime", "RuntimeConfig", "TurnResult"]
 
@@ -115,7 +116,7 @@ class NamespaceLocks:
             lock = trio.Lock()
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            async with held(lock):
                 yield
         finally:
             lock, users = self._locks[key]
