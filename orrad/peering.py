@@ -80,6 +80,13 @@ RELAY_IN_TIMEOUT_S = 600.0
 _RELAY_STATUS = {"loop_detected": 409}
 
 
+def _store_unavailable(what: str, exc: StoreError) -> FederationError:
+    """A peer's read of our store failed (a damaged database included): logged, and a 503
+    without the details (they name files)."""
+    log.error("federation: reading %s failed: %s", what, exc)
+    return FederationError(503, "unavailable", "the state store is unavailable; retry later")
+
+
 def _source(origin: str) -> str:
     return f"peer:{origin}"
 
@@ -249,12 +256,19 @@ class Federation:
             parsed = Namespace.parse(prefix) if prefix else None
         except InvalidNamespace as exc:
             raise FederationError(400, "bad_request", str(exc)) from None
+        try:
+            infos = await self.store.list(parsed)
+        except StoreError as exc:
+            raise _store_unavailable("sessions", exc) from None
         return [SessionInfo(namespace=i.namespace, message_count=i.message_count,
                             created_at=i.created_at, updated_at=i.updated_at)
-                for i in await self.store.list(parsed)]
+                for i in infos]
 
     async def session_detail(self, namespace: str) -> SessionDetail | None:
-        session = await self.store.load(Namespace.parse(namespace))
+        try:
+            session = await self.store.load(Namespace.parse(namespace))
+        except StoreError as exc:
+            raise _store_unavailable(f"session {namespace}", exc) from None
         if session is None:
             return None
         return SessionDetail(namespace=session.namespace,

@@ -33,6 +33,7 @@ import trio
 from orrad.channels.webhook import WebhookChannel
 from orrad.config import load_daemon_config
 from orrad.daemon import Daemon
+from orrad.federation.signing import Signer
 from orrad.state.db import MIGRATIONS
 from tests.state.damage import (
     build_state,
@@ -44,6 +45,7 @@ from tests.state.damage import (
 )
 
 TOKEN = "hook-token"
+FED_SECRET = "fed-secret"
 UNAVAILABLE = {"error": {"code": "unavailable",
                          "message": "the state store is unavailable; retry later"}}
 
@@ -54,13 +56,21 @@ def orrad(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=30, env=environ, check=False)
 
 
+FEDERATION = f"""federation:
+  listen: 127.0.0.1:0
+  secret: {FED_SECRET}
+  peers:
+    - {{name: beta, url: "http://127.0.0.1:9", namespaces: [remote]}}
+"""
+
+
 def write_config(root: Path) -> None:
     (root / "channels.d").mkdir(exist_ok=True)
     (root / "channels.d" / "hooks.yaml").write_text(
         f"kind: webhook\nlisten: 127.0.0.1:0\nreply_timeout_s: 5\n"
         f"auth:\n  bearer_token: {TOKEN}\n")
     (root / "orrad.yaml").write_text("instance: alpha\nstate_dir: state\n"
-                                     "api:\n  listen: 127.0.0.1:0\n")
+                                     "api:\n  listen: 127.0.0.1:0\n" + FEDERATION)
 
 
 def one_line(stderr: str) -> str:
@@ -149,6 +159,14 @@ class Running:
         async with httpx.AsyncClient(timeout=10) as client:
             return await client.get(self.api + path)
 
+    async def get_federation(self, target: str) -> httpx.Response:
+        """A signed request from peer ``beta``."""
+        assert self.daemon.federation is not None and self.daemon.federation.address
+        host, port = self.daemon.federation.address
+        headers = Signer("beta", {"alpha": FED_SECRET}).headers("alpha", "GET", target, b"")
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.get(f"http://{host}:{port}{target}", headers=headers)
+
     def touch(self) -> None:
         """A write by another connection: the daemon's SQLite drops its page cache."""
         with sqlite3.connect(self.db_path, timeout=5) as conn:
@@ -225,6 +243,11 @@ async def test_session_pages_damaged_while_running_are_503(
         async with httpx.AsyncClient(timeout=10) as client:
             delete = await client.delete(f"{d.api}/v1/sessions/{namespace(3)}")
         assert (delete.status_code, delete.json()) == (503, UNAVAILABLE)
+        # A peer reading this daemon's sessions gets the same answer.
+        for target in ("/federation/v1/sessions?prefix=webhook",
+                       f"/federation/v1/sessions/detail?namespace={namespace(3)}"):
+            response = await d.get_federation(target)
+            assert (response.status_code, response.json()) == (503, UNAVAILABLE), target
         hook = await d.post_hook("s003", "r1")
         assert hook.status_code == 503, hook.text
         assert hook.json()["error"]["code"] == "unavailable"
