@@ -4,9 +4,9 @@ msgspec, like every recursive decoder, descends once per nested array or object 
 ``RecursionError`` (not ``msgspec.DecodeError``) near Python's recursion limit, and how
 near depends on how deep the caller's stack already is. A 2 KB body of a thousand ``[``
 would otherwise escape every ``except msgspec.DecodeError`` at the boundaries and surface
-as a crash (an HTTP 500). Every decoder of untrusted JSON goes through :func:`decode` (or a
-:class:`Decoder`): a document nested deeper than :data:`MAX_JSON_DEPTH` is refused with
-:class:`JSONTooDeep`, which *is* a ``msgspec.DecodeError``, so each boundary's ordinary
+as a crash (an HTTP 500). Every decoder of untrusted JSON goes through :func:`decode`: a
+document nested deeper than :data:`MAX_JSON_DEPTH` is refused with :class:`JSONTooDeep`,
+which *is* a ``msgspec.DecodeError``, so each boundary's ordinary
 bad-input handling answers it (400 ``bad_request``, a provider error, a skipped gateway
 event). Anything within the bound decodes, and encodes again, at any stack depth orrad
 reaches.
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import re
 from itertools import accumulate
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import msgspec
 
 from orrad.errors import OrradError
 
-__all__ = ["MAX_JSON_DEPTH", "Decoder", "JSONTooDeep", "check_depth", "decode", "nesting_depth"]
+__all__ = ["MAX_JSON_DEPTH", "JSONTooDeep", "check_depth", "decode", "nesting_depth"]
 
 MAX_JSON_DEPTH = 64
 """Arrays and objects inside one another, the outermost counted (``[[1]]`` is 2 deep)."""
@@ -98,19 +98,3 @@ def decode(data: Buffer, *, type: Any = Any, strict: bool = True,
     except RecursionError:  # only with a stack already near the limit
         raise JSONTooDeep(limit) from None
 
-
-class Decoder(Generic[T]):
-    """A reusable ``msgspec.json.Decoder(type)`` with the nesting bound of :func:`decode`."""
-
-    __slots__ = ("_decoder", "limit")
-
-    def __init__(self, type: type[T], *, limit: int = MAX_JSON_DEPTH) -> None:
-        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type)
-        self.limit = limit
-
-    def decode(self, data: Buffer) -> T:
-        check_depth(data, self.limit)
-        try:
-            return self._decoder.decode(data)
-        except RecursionError:
-            raise JSONTooDeep(self.limit) from None
