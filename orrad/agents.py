@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-import httpx
-
 from orrad.config import DaemonConfig, normalized_base_url
 from orrad.errors import ConfigError
 from orrad.model import Namespace
@@ -14,6 +12,7 @@ from orrad.runtime.loop import NamespaceLocks, Runtime, RuntimeConfig
 from orrad.runtime.policy import PolicyRegistry, ToolPolicy
 from orrad.runtime.provider import Provider
 from orrad.runtime.providers import build_provider
+from orrad.runtime.providers.http import HTTPClient
 from orrad.runtime.sessions import SessionStore
 from orrad.runtime.tokenizer import load_tokenizer
 from orrad.runtime.tools import ToolRegistry
@@ -37,7 +36,7 @@ def build_policies(config: DaemonConfig) -> PolicyRegistry:
     return registry
 
 
-def build_providers(config: DaemonConfig, client: httpx.AsyncClient) -> dict[str, Provider]:
+def build_providers(config: DaemonConfig, client: HTTPClient) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for name, spec in config.providers.items():
         providers[name] = build_provider(
@@ -63,7 +62,7 @@ def build_agents(
     *,
     store: SessionStore,
     tools: ToolRegistry,
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     locks: NamespaceLocks | None = None,
 ) -> AgentSet:
     """One :class:`Runtime` per configured agent, sharing store, locks and HTTP client."""

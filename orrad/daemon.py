@@ -39,7 +39,7 @@ from orrad.model import InboundMessage, Namespace
 from orrad.peering import Federation
 from orrad.router import Discard, Router
 from orrad.runtime.loop import NamespaceLocks
-from orrad.runtime.providers.http import make_http_client
+from orrad.runtime.providers.http import HTTPClient, make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
 from orrad.state import Database, Ledger, SqliteSessionStore
 from orrad.supervisor import ChannelManager, ChannelState, ChannelStatus, FileResult
@@ -111,7 +111,7 @@ class Daemon:
         self._hard_stop = trio.CancelScope()
         # One lock per namespace for every agent, across reloads (runs and session deletes).
         self.locks = NamespaceLocks()
-        self._client: httpx.AsyncClient | None = None
+        self._client: HTTPClient | None = None
         self._channel_client: httpx.AsyncClient | None = None
         self.federation: Federation | None = None
         self._reload_lock = trio.Lock()
@@ -291,11 +291,11 @@ class Daemon:
             self.notifier.close()
         log.info("orrad stopped")
 
-    async def _run_with(self, client: httpx.AsyncClient) -> None:
+    async def _run_with(self, client: HTTPClient) -> None:
         with self._hard_stop:
             await self._serve(client)
 
-    async def _serve(self, client: httpx.AsyncClient) -> None:
+    async def _serve(self, client: HTTPClient) -> None:
         agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
                               locks=self.locks)
         async with contextlib.AsyncExitStack() as stack:

@@ -1,11 +1,14 @@
 """Drive `wrk <https://github.com/wg/wrk>`_ with the same requests as :mod:`tests.bench.loadgen`.
 
 The Python load generator saturates near 4,000–6,000 req/s on this machine, so against a
-fast server it measures itself. ``wrk`` (C, one thread here: ``-t1``) does not. A Lua
-script makes every request a ``POST`` with a JSON body ``{"message", "namespace", "id"}``
-whose ``id`` is unique in the run and whose namespace rotates over ``namespaces`` keys, with
-a bearer token when one is given, and prints one JSON line at the end with wrk's own counts
-and latency percentiles. wrk has no warm-up phase, so a short unmeasured run comes first.
+fast server it measures itself. ``wrk`` (C) does not. It runs one thread per connection
+(``-tN -cN``) so that each thread's requests are its connection's: a Lua script makes
+every request a ``POST`` with a JSON body ``{"message", "namespace", "id"}`` whose ``id`` is
+unique in the run and whose namespace rotates like :mod:`tests.bench.loadgen`'s (two
+requests in flight never share a namespace when ``namespaces`` is a multiple of the
+connections), with a bearer token when one is given, and prints one JSON line at the end
+with wrk's own counts and latency percentiles. wrk has no warm-up phase, so a short
+unmeasured run comes first.
 
 :func:`run` returns the same keys as ``loadgen``'s summary (``rps``, ``p50_ms``, ``p99_ms``,
 ``errors``, ...) plus ``"loadgen": "wrk"``. wrk counts a non-2xx answer as an error but does
@@ -29,15 +32,29 @@ SCRIPT = r"""
 local token = os.getenv("BENCH_TOKEN") or ""
 local namespaces = tonumber(os.getenv("BENCH_NAMESPACES") or "64")
 local tag = os.getenv("BENCH_TAG") or "wrk"
-local counter = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-if token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
+local threads = 0
+
+-- One connection per wrk thread, so each thread knows its connection: worker i's k-th
+-- request uses namespace (i + k * connections) mod namespaces, as tests.bench.loadgen does,
+-- and two requests in flight never share a namespace's lane.
+setup = function(thread)
+  thread:set("index", threads)
+  threads = threads + 1
+  thread:set("connections", tonumber(os.getenv("BENCH_CONNECTIONS") or "1"))
+end
+
+init = function(args)
+  counter = 0
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  if token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
+end
 
 request = function()
+  local ns = (index + counter * connections) % namespaces
+  local body = string.format('{"message":"bench %d/%d","namespace":"ns%d","id":"%s-%d-%d"}',
+                             index, counter, ns, tag, index, counter)
   counter = counter + 1
-  local body = string.format('{"message":"bench %d","namespace":"ns%d","id":"%s-%d"}',
-                             counter, counter % namespaces, tag, counter)
   return wrk.format(nil, nil, nil, body)
 end
 
@@ -60,7 +77,7 @@ def available() -> bool:
 
 def _wrk(url: str, script: Path, *, concurrency: int, duration_s: float, timeout_s: float,
          env: dict[str, str]) -> dict[str, Any]:
-    argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s",
+    argv = ["wrk", f"-t{concurrency}", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s",
             f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url]
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=env,
                           timeout=duration_s + timeout_s + 30, check=False, text=True)
@@ -80,7 +97,8 @@ def run(port: int, path: str, *, concurrency: int, namespaces: int, warmup_s: fl
     with tempfile.TemporaryDirectory(prefix="orrad-wrk-") as tmp:
         script = Path(tmp) / "bench.lua"
         script.write_text(SCRIPT)
-        base = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_NAMESPACES": str(namespaces)}
+        base = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_NAMESPACES": str(namespaces),
+                "BENCH_CONNECTIONS": str(concurrency)}
         if warmup_s > 0:
             _wrk(url, script, concurrency=concurrency, duration_s=warmup_s,
                  timeout_s=timeout_s, env={**base, "BENCH_TAG": f"{tag}-warm"})

@@ -77,5 +77,5 @@ async def test_build_provider_kinds() -> None:
 def test_build_provider_rejects_unknown_kind_and_missing_client() -> None:
     with pytest.raises(ConfigError, match="unknown kind 'gemini'"):
         build_provider("x", kind="gemini")
-    with pytest.raises(ValueError, match=r"needs an httpx\.AsyncClient"):
+    with pytest.raises(ValueError, match="needs an HTTP client"):
         build_provider("x", kind="openai", model="m")

@@ -336,7 +336,7 @@ async def test_connection_refused_is_unavailable(
         port = sock.getsockname()[1]
     llm = OpenAIProvider("local", client=client, base_url=f"http://127.0.0.1:{port}/v1",
                          model="m", policy=RetryPolicy(max_retries=2))
-    with pytest.raises(ProviderUnavailable, match="request failed: ConnectError"):
+    with pytest.raises(ProviderUnavailable, match="request failed: cannot connect to 127.0.0.1"):
         await llm.complete(HELLO)
 
 

@@ -5,19 +5,17 @@
 
     openai.py / anthropic.py   wire mapping (pure) + Provider classes
     retry.py                   status -> error translation, retry-after, tenacity backoff
-    http.py                    shared httpx client, one guarded POST, transport errors
+    http.py                    shared client, one guarded POST, transport errors
 """
 
 from __future__ import annotations
-
-import httpx
 
 from orrad.errors import ConfigError
 from orrad.runtime.provider import Provider
 from orrad.runtime.providers import anthropic, openai
 from orrad.runtime.providers.anthropic import AnthropicProvider
 from orrad.runtime.providers.echo import EchoProvider
-from orrad.runtime.providers.http import make_http_client
+from orrad.runtime.providers.http import HTTPClient, make_http_client
 from orrad.runtime.providers.openai import OpenAIProvider
 from orrad.runtime.providers.retry import RetryPolicy
 
@@ -43,7 +41,7 @@ def build_provider(
     model: str | None = None,
     timeout_s: float = 120.0,
     max_retries: int = 4,
-    client: httpx.AsyncClient | None = None,
+    client: HTTPClient | None = None,
 ) -> Provider:
     """Build the provider ``name`` of ``kind`` from plain configuration values.
 
@@ -66,7 +64,7 @@ def build_provider(
             f"{', '.join(PROVIDER_KINDS)})"
         )
     if client is None:
-        raise ValueError(f"provider {name!r} of kind {kind!r} needs an httpx.AsyncClient")
+        raise ValueError(f"provider {name!r} of kind {kind!r} needs an HTTP client")
     policy = RetryPolicy(max_retries=max_retries, timeout_s=timeout_s)
     if kind == "openai":
         return OpenAIProvider(

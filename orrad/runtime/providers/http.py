@@ -1,44 +1,64 @@
 """The transport layer under the HTTP providers: one shared client and one guarded POST.
 
-The daemon makes one :class:`httpx.AsyncClient` with :func:`make_http_client` and hands it to
-every provider. :func:`post` sends one request under a hard deadline and translates every
-httpx failure into the :class:`~orrad.errors.ProviderError` tree, so nothing above this
-module sees an httpx exception. Status codes are not judged here; that is
+The daemon makes one :class:`~orrad.runtime.providers.pool.ProviderClient` (h11 on trio,
+see there why not httpx) with :func:`make_http_client` and hands it to every provider.
+Embedders and tests may pass an :class:`httpx.AsyncClient` instead. :func:`post` sends one
+request under a hard deadline through either and translates every failure into the
+:class:`~orrad.errors.ProviderError` tree, so nothing above this module sees an httpx or
+h11 exception. Status codes are not judged here; that is
 :mod:`orrad.runtime.providers.retry`'s job.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
 import trio
 
 from orrad.errors import ProviderError, ProviderUnavailable
+from orrad.runtime.providers.pool import ProviderClient
 
-__all__ = ["RawResponse", "StackedPoolTransport", "make_http_client", "post"]
+__all__ = [
+    "HTTPClient",
+    "RawResponse",
+    "StackedPoolTransport",
+    "make_http_client",
+    "make_httpx_client",
+    "post",
+]
+
+HTTPClient = ProviderClient | httpx.AsyncClient
+"""What providers accept: the daemon's lean client, or any httpx client."""
 
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_TIMEOUT_S = 120.0
 KEEPALIVE_EXPIRY_S = 30.0
 
 
-def make_http_client(max_connections: int) -> httpx.AsyncClient:
+def make_http_client(max_connections: int) -> ProviderClient:
     """Create the client every provider shares.
 
     Args:
-        max_connections: the pool size. httpx's default of 100 would silently cap how many
-            runs can talk to a provider at once, so the daemon passes its concurrency limit.
+        max_connections: requests in flight at once. httpx's default pool of 100 would
+            silently cap how many runs can talk to a provider at once, so the daemon passes
+            its concurrency limit.
 
     Returns:
-        A client with explicit limits and timeouts, no redirects and no retries of its own
-        (providers retry at exactly one layer), over a :class:`StackedPoolTransport`. Per-call
-        timeouts override the defaults.
+        A :class:`ProviderClient`: no redirects and no retries of its own (providers retry
+        at exactly one layer); each call passes its own deadline.
 
     Resources:
         The caller owns the client and must ``await client.aclose()`` when done.
     """
+    return ProviderClient(max_connections, connect_timeout_s=CONNECT_TIMEOUT_S)
+
+
+def make_httpx_client(max_connections: int) -> httpx.AsyncClient:
+    """An :class:`httpx.AsyncClient` over a :class:`StackedPoolTransport`, for embedders that
+    want httpx (proxies from their own transport, event hooks); same limits as
+    :func:`make_http_client`."""
     if max_connections < 1:
         raise ValueError("max_connections must be at least 1")
     return httpx.AsyncClient(
@@ -123,12 +143,12 @@ class RawResponse:
     """A fully read HTTP response: status, headers and body bytes."""
 
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
     body: bytes
 
 
 async def post(
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     url: str,
     *,
     headers: dict[str, str],
@@ -145,6 +165,9 @@ async def post(
             response (transient; the retry layer tries again).
         ProviderError: anything retrying cannot fix (bad URL, unsupported scheme).
     """
+    if isinstance(client, ProviderClient):
+        answer = await client.post(url, headers=headers, body=body, timeout_s=timeout_s)
+        return RawResponse(answer.status, answer.headers, answer.body)
     try:
         with trio.fail_after(timeout_s):
             response = await client.post(

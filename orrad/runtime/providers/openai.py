@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpx
 import msgspec
 
 from orrad import safejson
 from orrad.errors import ProviderError
 from orrad.model import Message, ToolCall, Usage
 from orrad.runtime.provider import CompletionRequest, CompletionResponse, FinishReason
+from orrad.runtime.providers.http import HTTPClient
 from orrad.runtime.providers.retry import ErrorDetail, RetryPolicy, post_json
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "decode_response", "encode_request"]
@@ -47,7 +47,7 @@ class OpenAIProvider:
     """
 
     def __init__(
-        self, name: str, *, client: httpx.AsyncClient, base_url: str = DEFAULT_BASE_URL,
+        self, name: str, *, client: HTTPClient, base_url: str = DEFAULT_BASE_URL,
         api_key: str = "", model: str | None = None, policy: RetryPolicy | None = None,
     ) -> None:
         self._name = name

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
-import httpx
 import trio
 from tenacity import (
     AsyncRetrying,
@@ -43,7 +42,7 @@ from orrad.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
-from orrad.runtime.providers.http import post
+from orrad.runtime.providers.http import HTTPClient, post
 
 __all__ = [
     "ErrorDetail",
@@ -145,7 +144,7 @@ def error_for_status(
 
 
 async def post_json(
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     url: str,
     *,
     headers: dict[str, str],

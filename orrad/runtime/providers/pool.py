@@ -1,0 +1,229 @@
+"""A lean HTTP/1.1 client for model providers: trio streams, h11, a pool of kept-alive
+connections per origin.
+
+Every run of the daemon makes at least one provider call, so its cost is per message.
+Through ``httpx`` (client, transport, httpcore's pool and models) a small JSON POST cost
+about 440 µs of CPU on this machine; the same exchange on h11 directly costs about 70 µs.
+:class:`ProviderClient` does only what providers need — ``POST`` a body, read the whole
+answer — and keeps the guarantees that matter:
+
+- at most ``max_connections`` requests in flight (more wait for a free slot);
+- kept-alive connections reused most-recently-used first, per origin, dropped after
+  :data:`KEEPALIVE_EXPIRY_S` idle or when the server has closed them (the socket is
+  readable while idle), so a stale connection is never written to;
+- a connection is reused only after a complete exchange; any failure closes it;
+- TLS with the system's default verification (one context for all connections);
+- answers larger than :data:`MAX_BODY_BYTES` are refused.
+
+Failures are translated at this boundary, like :mod:`orrad.runtime.providers.http` does
+for httpx: :class:`~orrad.errors.ProviderUnavailable` (transient: refused, reset, timed
+out, broken response) or :class:`~orrad.errors.ProviderError` (a bad URL). No proxy
+support: the daemon's provider client never used the environment's proxies.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from orrad.errors import ProviderError, ProviderUnavailable
+from orrad.sync import acquire
+
+__all__ = ["KEEPALIVE_EXPIRY_S", "MAX_BODY_BYTES", "Answer", "ProviderClient"]
+
+KEEPALIVE_EXPIRY_S = 30.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+READ_SIZE = 65536
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete response: status, headers (lower-case names) and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Connection:
+    stream: trio.abc.Stream
+    socket: trio.socket.SocketType
+    h11: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+    idle_since: float = 0.0
+
+    def is_stale(self, now: float) -> bool:
+        # Readable while idle means the server closed it (or sent junk): never reuse.
+        return now - self.idle_since > KEEPALIVE_EXPIRY_S or self.socket.is_readable()
+
+
+def _origin(url: str) -> tuple[Origin, str]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ProviderError(f"request failed: invalid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProviderError(f"request failed: unsupported URL {parts.scheme}://…")
+    default = 443 if parts.scheme == "https" else 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (parts.scheme, parts.hostname, port or default), target
+
+
+def _host_header(origin: Origin) -> str:
+    scheme, host, port = origin
+    shown = f"[{host}]" if ":" in host else host
+    default = 443 if scheme == "https" else 80
+    return shown if port == default else f"{shown}:{port}"
+
+
+class ProviderClient:
+    """The providers' shared HTTP client (see the module docstring).
+
+    Use as ``async with ProviderClient(n) as client:``; ``await client.post(...)``.
+
+    Resources:
+        Idle connections are closed by :meth:`aclose` (or leaving the ``async with``).
+    """
+
+    def __init__(self, max_connections: int, *, connect_timeout_s: float = 10.0,
+                 user_agent: str = "orrad") -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._slots = trio.Semaphore(max_connections)
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._connect_timeout_s = connect_timeout_s
+        self._user_agent = user_agent
+        self._tls: ssl.SSLContext | None = None
+
+    async def __aenter__(self) -> ProviderClient:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                await trio.aclose_forcefully(connection.stream)
+
+    async def post(self, url: str, *, headers: dict[str, str], body: bytes,
+                   timeout_s: float) -> Answer:
+        """POST ``body`` to ``url``; the whole answer within ``timeout_s`` seconds.
+
+        Raises:
+            ProviderUnavailable: timed out, refused, reset, or a broken response.
+            ProviderError: an invalid or unsupported URL.
+        """
+        origin, target = _origin(url)
+        try:
+            with trio.fail_after(timeout_s):
+                await acquire(self._slots)
+                try:
+                    return await self._exchange(origin, target, headers, body)
+                finally:
+                    self._slots.release()
+        except trio.TooSlowError:
+            raise ProviderUnavailable(f"request timed out after {timeout_s:g}s") from None
+
+    async def _exchange(self, origin: Origin, target: str, headers: dict[str, str],
+                        body: bytes) -> Answer:
+        connection = self._reuse(origin) or await self._connect(origin)
+        reusable = False
+        try:
+            answer = await self._send_and_read(connection, origin, target, headers, body)
+            conn = connection.h11
+            reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+            return answer
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ProviderUnavailable(f"request failed: {type(exc).__name__}: {exc}") from None
+        except h11.ProtocolError as exc:
+            raise ProviderUnavailable(f"request failed: broken response: {exc}") from None
+        finally:
+            if reusable:
+                connection.h11.start_next_cycle()
+                connection.idle_since = trio.current_time()
+                self._idle.setdefault(origin, []).append(connection)
+            else:
+                await trio.aclose_forcefully(connection.stream)
+
+    def _reuse(self, origin: Origin) -> _Connection | None:
+        pool = self._idle.get(origin)
+        now = trio.current_time()
+        while pool:
+            connection = pool.pop()
+            if not connection.is_stale(now):
+                return connection
+            connection.socket.close()
+        return None
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        scheme, host, port = origin
+        try:
+            with trio.fail_after(self._connect_timeout_s):
+                tcp = await trio.open_tcp_stream(host, port)
+                stream: trio.abc.Stream = tcp
+                if scheme == "https":
+                    if self._tls is None:
+                        self._tls = ssl.create_default_context()
+                    tls = trio.SSLStream(tcp, self._tls, server_hostname=host,
+                                         https_compatible=True)
+                    await tls.do_handshake()
+                    stream = tls
+        except trio.TooSlowError:
+            raise ProviderUnavailable(
+                f"request failed: connecting to {host}:{port} timed out") from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise ProviderUnavailable(
+                f"request failed: cannot connect to {host}:{port}: {exc}") from None
+        return _Connection(stream, tcp.socket)
+
+    async def _send_and_read(self, connection: _Connection, origin: Origin, target: str,
+                             headers: dict[str, str], body: bytes) -> Answer:
+        conn = connection.h11
+        fields = [("host", _host_header(origin)), ("user-agent", self._user_agent),
+                  ("content-length", str(len(body)))]
+        fields += [(k, v) for k, v in headers.items()
+                   if k.lower() not in ("host", "content-length", "user-agent")]
+        data = conn.send(h11.Request(method="POST", target=target, headers=fields)) or b""
+        data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        await connection.stream.send_all(data)
+        status = 0
+        answer_headers: dict[str, str] = {}
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                received = await connection.stream.receive_some(READ_SIZE)
+                conn.receive_data(bytes(received))  # b"" marks the end; h11 judges it
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                for name, value in event.headers:
+                    key = name.decode("latin-1")
+                    text = value.decode("latin-1")
+                    answer_headers[key] = (f"{answer_headers[key]}, {text}"
+                                           if key in answer_headers else text)
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY_BYTES:
+                    raise ProviderUnavailable(
+                        f"request failed: answer larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return Answer(status, answer_headers, b"".join(chunks))
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ProviderUnavailable("request failed: the server closed the connection")
+            # InformationalResponse (1xx): keep reading.
