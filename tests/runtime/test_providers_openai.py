@@ -336,7 +336,7 @@ async def test_connection_refused_is_unavailable(
         port = sock.getsockname()[1]
     llm = OpenAIProvider("local", client=client, base_url=f"http://127.0.0.1:{port}/v1",
                          model="m", policy=RetryPolicy(max_retries=2))
-    with pytest.raises(ProviderUnavailable, match="request failed: cannot connect to 127.0.0.1"):
+    with pytest.raises(ProviderUnavailable, match=r"request failed: cannot connect to 127\.0"):
         await llm.complete(HELLO)
 
 
@@ -380,3 +380,43 @@ def test_error_for_status(status: int, kind: type[ProviderError]) -> None:
     assert type(error) is kind
     assert error.status == status
     assert error.retryable == (kind in (ProviderRateLimited, ProviderUnavailable))
+
+
+# -- the body encoder: the same JSON as encode_request, each message encoded once ----------
+
+
+def test_encoded_body_matches_encode_request_and_reuses_message_bytes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import msgspec
+
+    from orrad.runtime.providers import openai
+
+    history = [
+        Message.system("be brief"),
+        Message.user("weather?"),
+        Message.assistant("", [ToolCall("c1", "lookup", {"city": "Zürich", "n": [1, 2]})]),
+        Message.tool_result([ToolResult("c1", "sunny"), ToolResult("c2", "oops", True)]),
+        Message.user("thanks"),
+        Message.assistant("you're welcome"),
+    ]
+    request = CompletionRequest(
+        history, tools=[ToolDefinition("lookup", "find", {"type": "object"})],
+        max_tokens=77, temperature=0.5)
+    encoder = openai.MessageEncoder()
+    body = openai.encode_body(request, "m", encoder)
+    assert msgspec.json.decode(body) == msgspec.json.decode(
+        msgspec.json.encode(openai.encode_request(request, "m")))
+
+    calls = 0
+    real = openai._encode_message
+
+    def counting(message: Message) -> list[dict[str, object]]:
+        nonlocal calls
+        calls += 1
+        return real(message)
+
+    monkeypatch.setattr(openai, "_encode_message", counting)
+    history.append(Message.user("one more"))
+    again = openai.encode_body(CompletionRequest(history), "m", encoder)
+    assert calls == 1  # only the new message
+    assert msgspec.json.decode(again)["messages"][-1] == {"role": "user", "content": "one more"}

@@ -12,6 +12,8 @@ means tool use whatever ``finish_reason`` says.
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -23,7 +25,14 @@ from orrad.runtime.provider import CompletionRequest, CompletionResponse, Finish
 from orrad.runtime.providers.http import HTTPClient
 from orrad.runtime.providers.retry import ErrorDetail, RetryPolicy, post_json
 
-__all__ = ["DEFAULT_BASE_URL", "OpenAIProvider", "decode_response", "encode_request"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MessageEncoder",
+    "OpenAIProvider",
+    "decode_response",
+    "encode_body",
+    "encode_request",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ class OpenAIProvider:
         self._api_key = api_key
         self._model = model
         self._policy = policy or RetryPolicy()
+        self._encoder = MessageEncoder()
 
     @property
     def name(self) -> str:
@@ -73,7 +83,7 @@ class OpenAIProvider:
         headers = {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         raw = await post_json(
             self._client, self._url, headers=headers,
-            body=msgspec.json.encode(encode_request(request, model)),
+            body=encode_body(request, model, self._encoder),
             policy=self._policy, parse_error=parse_error, secret=self._api_key,
             provider=self._name,
         )
@@ -100,6 +110,45 @@ def encode_request(request: CompletionRequest, model: str) -> dict[str, Any]:
     if request.temperature is not None:
         body["temperature"] = request.temperature
     return body
+
+
+class MessageEncoder:
+    """Each message's wire JSON, kept while the message object lives.
+
+    A session's history is re-sent every turn; sessions stay decoded in memory between
+    runs, so most messages of a request are objects already encoded on an earlier turn.
+    Keyed by identity with a weak reference (like the token counter's cache), so an entry
+    goes when its message does and a reused ``id()`` never hits a stale entry.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[weakref.ref[Message], bytes]] = {}
+
+    def encode(self, message: Message) -> bytes:
+        """``message`` as one or more comma-separated Chat Completions messages."""
+        key = id(message)
+        known = self._known.get(key)
+        if known is not None and known[0]() is message:
+            return known[1]
+        encoded = b",".join(msgspec.json.encode(m) for m in _encode_message(message))
+        self._known[key] = (weakref.ref(message, self._forgetter(key)), encoded)
+        return encoded
+
+    def _forgetter(self, key: int) -> Callable[[weakref.ref[Message]], None]:
+        return lambda _ref: self._known.pop(key, None) and None
+
+
+def encode_body(request: CompletionRequest, model: str, encoder: MessageEncoder) -> bytes:
+    """The JSON bytes of :func:`encode_request`, with each message's part from ``encoder``.
+
+    Messages are immutable once in a session (the runtime only appends), so a cached
+    message's bytes are what :func:`encode_request` would produce for it.
+    """
+    body = encode_request(msgspec.structs.replace(request, messages=[]), model)
+    del body["messages"]
+    head = msgspec.json.encode(body)
+    messages = b",".join(encoder.encode(message) for message in request.messages)
+    return head[:-1] + b',"messages":[' + messages + b"]}"
 
 
 def _encode_message(message: Message) -> list[dict[str, Any]]:
