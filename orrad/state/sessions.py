@@ -20,10 +20,6 @@ _decode_message = msgspec.json.Decoder(Message).decode
 _decode_metadata = msgspec.json.Decoder(dict).decode
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 class SqliteSessionStore:
     """A :class:`~orrad.runtime.sessions.SessionStore` in the daemon's database.
 
@@ -152,8 +148,11 @@ def list_sessions(conn: sqlite3.Connection, prefix: Namespace | None) -> list[Se
     sql = "SELECT namespace, message_count, created_at, updated_at FROM sessions"
     params: tuple[str, ...] = ()
     if prefix is not None:
-        sql += " WHERE namespace = ? OR namespace LIKE ? ESCAPE '\\'"
-        params = (prefix.key, _escape_like(prefix.key) + ":%")
+        # Whole segments, case-sensitive (LIKE ignores ASCII case): the key itself, or a
+        # key starting with "<prefix>:", i.e. in ["<prefix>:", "<prefix>;") since ";"
+        # follows ":" in every collation-free (BINARY) comparison. Uses the primary key.
+        sql += " WHERE namespace = ? OR (namespace >= ? AND namespace < ?)"
+        params = (prefix.key, prefix.key + ":", prefix.key + ";")
     sql += " ORDER BY namespace"
     return [
         SessionInfo(ns, count, _timestamp(c), _timestamp(u))
