@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import time
 from collections.abc import AsyncIterator
@@ -156,6 +158,60 @@ async def test_timestamp_window(tmp_path: Path, offset_s: int, accepted: bool) -
         when = datetime.fromtimestamp(int(time.time()) + offset_s, UTC)
         response = await post(hook.url, data, signed(data, when=when))
         assert (response.status_code == 200) is accepted
+
+
+def raw_signed(data: bytes, stamp: str, *, msg_id: str = "msg_1",
+               signature: str = "{}") -> dict[str, bytes]:
+    """Headers with ``stamp`` exactly as given and a signature valid over it (``{}`` in
+    ``signature`` is the valid entry), latin-1 encoded: only parsing can refuse them."""
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{stamp}.".encode("latin-1") + data,
+                      hashlib.sha256).digest()
+    valid = "v1," + base64.b64encode(digest).decode()
+    return {"webhook-id": msg_id.encode(), "webhook-timestamp": stamp.encode("latin-1"),
+            "webhook-signature": signature.format(valid).encode("latin-1"),
+            "content-type": b"application/json"}
+
+
+async def post_raw(url: str, content: bytes, headers: dict[str, bytes]) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(url, content=content,
+                                 headers=[(k.encode(), v) for k, v in headers.items()])
+
+
+@pytest.mark.parametrize("stamp", [
+    "+{now}", "{now:_}", "\xa0{now}", "{now}\x85", "0000{now}", "{now}.0", "-{now}",
+    "{now}\xa0"])
+async def test_lenient_timestamps_are_refused_even_when_signed(
+    tmp_path: Path, stamp: str
+) -> None:
+    # int() takes "+17", "1_7" and Unicode whitespace around the digits; the header is
+    # 1-12 ASCII digits and nothing else (each stamp here is signed as sent).
+    async with webhook(tmp_path) as hook:
+        data = body()
+        now = int(time.time())
+        response = await post_raw(hook.url, data, raw_signed(data, stamp.format(now=now)))
+        assert response.status_code == 401
+        assert hook.provider.runs == []
+        assert await hook.inbox_ids() == []
+        plain = await post_raw(hook.url, data, raw_signed(data, str(now), msg_id="plain"))
+        assert plain.status_code == 200
+
+
+@pytest.mark.parametrize(("signature", "accepted"), [
+    ("{}", True), ("v1a,eHl6 {}", True), ("v1,bad {}", True), ("v2,x {} v1,", True),
+    ("v1,bad\t{}", False), ("{}\xa0", False), ("\xa0{}", False), ("{}\x85", False),
+    ("{}=", False), ("{}A", False)])
+async def test_signature_entries_are_parsed_exactly(
+    tmp_path: Path, signature: str, accepted: bool
+) -> None:
+    # Entries are separated by single spaces: a tab or other whitespace is no separator
+    # (str.split() took them), and a valid digest with extra characters is no valid entry.
+    async with webhook(tmp_path) as hook:
+        data = body()
+        headers = raw_signed(data, str(int(time.time())), signature=signature)
+        response = await post_raw(hook.url, data, headers)
+        assert (response.status_code == 200) is accepted, headers["webhook-signature"]
 
 
 async def test_rotation_accepts_any_configured_secret(tmp_path: Path) -> None:
