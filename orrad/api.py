@@ -18,6 +18,7 @@ import msgspec
 import trio
 
 from orrad import safejson
+from orrad.config.agents import BadAgentChoice, requested_agent
 from orrad.delivery import Reply, reply_body, status_for_code
 from orrad.errors import InvalidNamespace, StoreError
 from orrad.http import HTTPError, Request, Response, Router, json_response
@@ -150,16 +151,14 @@ def build_api_router(daemon: DaemonView) -> Router:
         if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():
             raise HTTPError(400, "bad_request", "invalid Idempotency-Key")
         namespace = parse_namespace(body.namespace or f"api:{uuid.uuid4()}")
+        try:
+            # Refused before anything is stored (a 4xx stores nothing); the webhook's check.
+            requested_agent(body.agent, body.metadata, daemon.agent_error)
+        except BadAgentChoice as exc:
+            raise HTTPError(400, "unknown_agent", str(exc)) from None
         metadata = dict(body.metadata)
         if body.agent:
             metadata["agent"] = body.agent
-        chosen = metadata.get("agent")
-        if chosen is not None:
-            # Refused before anything is stored (a 4xx stores nothing).
-            problem = (daemon.agent_error(chosen) if isinstance(chosen, str)
-                       else "agent must be a string")
-            if problem is not None:
-                raise HTTPError(400, "unknown_agent", problem)
         inbound = InboundMessage(namespace, Message.user(body.message), metadata,
                                  delivery_id=request_id)
         with trio.move_on_after(API_REPLY_TIMEOUT_S):

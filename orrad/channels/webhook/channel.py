@@ -28,7 +28,7 @@ from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.callbacks import post_callback
 from orrad.config import ChannelConfig, WebhookChannelConfig
-from orrad.config.agents import agent_choice_problem
+from orrad.config.agents import BadAgentChoice, agent_choice_problem, requested_agent
 from orrad.delivery import error_body, reply_body, status_for_code
 from orrad.errors import ChannelClosed, ChannelSendError, InvalidNamespace
 from orrad.http import (
@@ -144,7 +144,7 @@ class WebhookChannel(BaseChannel):
         if len(request_id) > MAX_ID_LENGTH or not request_id.isprintable():
             raise HTTPError(400, "bad_request", "invalid request id")
         namespace = self._namespace(body.namespace)
-        self._check_agent(body.agent if body.agent else body.metadata.get("agent"))
+        self._check_agent(body)
         metadata = dict(body.metadata)
         if body.agent:
             metadata["agent"] = body.agent
@@ -195,17 +195,19 @@ class WebhookChannel(BaseChannel):
             raise HTTPError(400, "bad_request", "callback_url must be an http(s) URL")
         return body
 
-    def _check_agent(self, name: Any) -> None:
-        """A request naming an agent that does not exist is refused before anything is
-        stored (a 4xx stores nothing), so a corrected retry with the same id can run."""
-        if name is None:
-            return
-        problem = (agent_choice_problem(name, self.context.agent_names(),
+    def _check_agent(self, body: WebhookRequest) -> None:
+        """A request choosing an agent that cannot be used (unknown, or not a string) is
+        refused before anything is stored (a 4xx stores nothing), so a corrected retry
+        with the same id can run. The same check as the daemon API's."""
+        def problem(name: str) -> str | None:
+            return agent_choice_problem(name, self.context.agent_names(),
                                         instance=self.context.instance,
                                         federation=self.context.daemon.federation)
-                   if isinstance(name, str) else "agent must be a string")
-        if problem is not None:
-            raise HTTPError(400, "unknown_agent", problem)
+
+        try:
+            requested_agent(body.agent, body.metadata, problem)
+        except BadAgentChoice as exc:
+            raise HTTPError(400, "unknown_agent", str(exc)) from None
 
     def _namespace(self, requested: str | None) -> Namespace:
         """Always under the channel's prefix: the request names only the part below it."""
