@@ -128,6 +128,21 @@ def _listen_problem(path: Path, value: str) -> list[Problem]:
     return []
 
 
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _allow_entry_ok(entry: str) -> bool:
+    """A ``callback_allow`` entry: a network, an address, or a host name in ASCII (IDN
+    names in their ``xn--`` form), optionally ``*.``-prefixed for its subdomains."""
+    try:
+        ipaddress.ip_network(entry.strip(), strict=False)
+        return True
+    except ValueError:
+        pass
+    name = entry.strip().lower().removesuffix(".").removeprefix("*.")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL_RE.fullmatch(p) for p in name.split("."))
+
+
 def _known(names: Iterable[str]) -> str:
     listed = sorted(names)
     shown = ", ".join(listed[:20]) + (", ..." if len(listed) > 20 else "")
@@ -499,6 +514,9 @@ class WebhookChannelConfig(ChannelConfig, frozen=True, kw_only=True):
     max_body_bytes: PosInt = 1048576
     reply_timeout_s: PosFloat = 120.0
     auth: WebhookAuthConfig | None = None
+    # Where callback_url may point: CIDRs, addresses, host names, "*.example.com"; empty =
+    # every address the fixed rules (link-local, unspecified, multicast...) do not refuse.
+    callback_allow: list[str] = msgspec.field(default_factory=list)
 
     def with_defaults(self, stem: str) -> Self:
         cfg = super().with_defaults(stem)
@@ -514,6 +532,9 @@ class WebhookChannelConfig(ChannelConfig, frozen=True, kw_only=True):
             out += _namespace_problem(("namespace_prefix",), self.namespace_prefix)
         if self.auth is not None:
             out += [Problem(("auth", *p.path), p.message) for p in self.auth.problems()]
+        out += [Problem(("callback_allow", i), f"callback_allow entry {entry!r} is not a "
+                        "network (10.0.0.0/8), an address or a host name (*.example.com)")
+                for i, entry in enumerate(self.callback_allow) if not _allow_entry_ok(entry)]
         if not (self.auth and self.auth.enabled):
             try:
                 host, _ = parse_listen(self.listen)

@@ -8,7 +8,9 @@ is answered only once the pipeline's ledger has recorded it (a full disk is a 50
 2xx), so a repeated id never runs the agent twice, also across restarts: a synchronous
 repeat gets the stored reply (409 ``in_progress`` while the first still runs), an
 asynchronous repeat the same 202. Replies of asynchronous requests are POSTed to
-``callback_url``, signed and retried; the ledger delivers an unconfirmed one again after a
+``callback_url`` (refused at intake, and again for every resolved address at send time,
+when it points where callbacks may not go: see :mod:`orrad.channels.webhook.policy`),
+signed and retried; the ledger delivers an unconfirmed one again after a
 restart, with the same ``webhook-id`` and body.
 """
 
@@ -26,7 +28,8 @@ import trio
 from orrad import safejson
 from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.webhook.auth import WebhookAuth
-from orrad.channels.webhook.callbacks import post_callback
+from orrad.channels.webhook.callbacks import CallbackGuard, post_callback
+from orrad.channels.webhook.policy import CallbackPolicy
 from orrad.config import ChannelConfig, WebhookChannelConfig
 from orrad.config.agents import BadAgentChoice, agent_choice_problem, requested_agent
 from orrad.delivery import error_body, reply_body, status_for_code
@@ -72,15 +75,6 @@ class _Pending:
         self.body: dict[str, Any] = {}
 
 
-def _valid_callback(raw: str) -> bool:
-    try:
-        url = httpx.URL(raw)
-    except httpx.InvalidURL:
-        return False
-    return (url.scheme in ("http", "https") and bool(url.host) and " " not in raw
-            and (url.port is None or 0 < url.port < 65536))
-
-
 class WebhookChannel(BaseChannel):
     kind: ClassVar[str] = "webhook"
     config_type: ClassVar[type[ChannelConfig]] = WebhookChannelConfig
@@ -91,6 +85,9 @@ class WebhookChannel(BaseChannel):
         self.cfg = config
         self.prefix = Namespace.parse(config.namespace_prefix or f"webhook:{self.name}")
         self.auth = WebhookAuth(config.auth)
+        # Where callbacks may go (checked at intake and again for every address at send
+        # time); its resolver is replaceable so tests resolve names offline.
+        self.callback_guard = CallbackGuard(CallbackPolicy.from_allow(config.callback_allow))
         self._pending: dict[str, _Pending] = {}
         self._server: HTTPServer | None = None
         self._client: httpx.AsyncClient | None = None
@@ -191,8 +188,10 @@ class WebhookChannel(BaseChannel):
             raise HTTPError(400, "bad_request", f"invalid JSON: {exc}") from None
         if not body.message.strip():
             raise HTTPError(400, "bad_request", "message must not be empty")
-        if body.callback_url is not None and not _valid_callback(body.callback_url):
-            raise HTTPError(400, "bad_request", "callback_url must be an http(s) URL")
+        if body.callback_url is not None:
+            problem = self.callback_guard.policy.url_problem(body.callback_url)
+            if problem is not None:
+                raise HTTPError(400, "bad_request", problem)
         return body
 
     def _check_agent(self, body: WebhookRequest) -> None:
@@ -277,4 +276,5 @@ class WebhookChannel(BaseChannel):
             return
         if self._client is None:
             raise ChannelSendError("the channel is not serving", retryable=True)
-        await post_callback(self._client, self.auth, self.name, request_id, url, body)
+        await post_callback(self._client, self.auth, self.name, request_id, url, body,
+                            self.callback_guard)
