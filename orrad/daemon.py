@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import FrameType
 from typing import Any
 
@@ -76,6 +77,21 @@ def _tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def _channel_http_client() -> httpx.AsyncClient:
+    """The client channels share for their own requests (webhook callbacks).
+
+    The webhook's callback guard connects to addresses it has checked itself, so no proxy
+    from the environment may stand in between (``trust_env=False``), and receivers must
+    not be able to plant cookies that the client would then send to other receivers.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(CHANNEL_HTTP_TIMEOUT_S),
+        limits=httpx.Limits(max_connections=64),
+        trust_env=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+    )
 
 
 class Daemon:
@@ -280,8 +296,7 @@ class Daemon:
         await self.db.open()
         try:
             async with make_http_client(self.config.routing.max_concurrency) as client, \
-                    httpx.AsyncClient(timeout=httpx.Timeout(CHANNEL_HTTP_TIMEOUT_S),
-                                      limits=httpx.Limits(max_connections=64)) as outbound:
+                    _channel_http_client() as outbound:
                 self._client = client
                 self._channel_client = outbound
                 await self._run_with(client)
