@@ -224,7 +224,13 @@ class Daemon:
         assert config.name is not None
         return ChannelContext(config.name, self.config, self.db, self.config.instance,
                               agents=lambda: list(self.config.agents),
-                              http=self._channel_client)
+                              http=self._channel_client,
+                              keeps_running=lambda: self._keeps_running_without(config))
+
+    def _keeps_running_without(self, config: ChannelConfig) -> bool:
+        """Whether the daemon goes on once the channel of ``config`` has finished."""
+        manager = self.manager
+        return manager is None or not manager.only_completed_stdin(finishing=config.name)
 
     async def reload(self) -> list[FileResult]:
         """Re-read the daemon file (agents, providers, policies) and ``channels_dir``."""

@@ -411,11 +411,13 @@ class ChannelManager:
         for runner in list(self.runners.values()):
             await runner.first_attempt_done.wait()
 
-    def only_completed_stdin(self) -> bool:
-        """True when every channel is stdin and all reached end of input (CONTRACT §7)."""
+    def only_completed_stdin(self, *, finishing: str | None = None) -> bool:
+        """True when every channel is stdin and all reached end of input (CONTRACT §7);
+        ``finishing`` names a channel to count as completed (one about to return)."""
         if not self.runners:
             return False
         return all(
-            r.config.kind == "stdin" and r.status.state is ChannelState.COMPLETED
+            r.config.kind == "stdin"
+            and (r.status.state is ChannelState.COMPLETED or r.name == finishing)
             for r in self.runners.values()
         )

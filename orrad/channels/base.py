@@ -76,6 +76,9 @@ class ChannelContext:
     # An HTTP client owned by the daemon, for requests that may outlive a generation
     # (webhook callbacks delivered while the channel restarts or the daemon drains).
     http: httpx.AsyncClient | None = field(default=None, repr=False)
+    # Whether the daemon goes on running once this channel has finished (another channel
+    # can still receive); ``None`` when the daemon does not say.
+    keeps_running: Callable[[], bool] | None = field(default=None, repr=False)
 
     def agent_names(self) -> list[str]:
         """The live agent names (the daemon file's, when no live view was handed in)."""
