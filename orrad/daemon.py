@@ -31,10 +31,16 @@ from orrad.agents import build_agents
 from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
-from orrad.config import ChannelConfig, DaemonConfig, load_channels, load_daemon_config
+from orrad.config import (
+    ChannelConfig,
+    DaemonConfig,
+    find_config_file,
+    load_channels,
+    load_daemon_config,
+)
 from orrad.config.agents import agent_choice_problem
 from orrad.delivery import Reply
-from orrad.errors import ConfigErrors, DaemonError, OrradError, StoreError
+from orrad.errors import ConfigError, ConfigErrors, DaemonError, OrradError, StoreError
 from orrad.http import HTTPServer
 from orrad.model import InboundMessage, Namespace
 from orrad.peering import Federation
@@ -237,8 +243,9 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                await self._reload_daemon_file()
-                return await self._load_channels()
+                daemon_file = await self._reload_daemon_file()
+                channels = await self._load_channels()
+                return channels if daemon_file is None else [daemon_file, *channels]
             finally:
                 self.notifier.ready(self.summary())
 
@@ -254,31 +261,51 @@ class Daemon:
                 log.info("channel file %s: %s", result.file, result.result)
         return results
 
-    async def _reload_daemon_file(self) -> None:
-        if self.config.path is None or self._client is None or self.router is None:
-            return
-        path, client = self.config.path, self._client
+    async def _reload_daemon_file(self) -> FileResult | None:
+        """Re-read the daemon file; its outcome for the reload's answer (``None``: there is
+        no daemon file, as at start).
+
+        A daemon started without one looks again where ``orrad run`` looked
+        (``$ORRAD_CONFIG``, ``./orrad.yaml``, ``/etc/orrad/orrad.yaml``), so a file created
+        later is taken up by the next reload.
+        """
+        if self._client is None or self.router is None:
+            return None
+        path = self.config.path
+        if path is None:
+            try:
+                path = await trio.to_thread.run_sync(find_config_file, None)
+            except ConfigError as exc:
+                return FileResult(exc.path or "daemon file", "rejected", str(exc))
+            if path is None:
+                return None
+        client, shown = self._client, path
         try:
             fresh = await trio.to_thread.run_sync(
                 lambda: load_daemon_config(path, known_tools=self.tools.names()))
-        except ConfigErrors as exc:
-            for error in exc.errors:
+        except (ConfigErrors, ConfigError) as exc:
+            errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            for error in errors:
                 log.error("%s (daemon file not reloaded)", error)
-            return
+            return FileResult(shown, "rejected", "\n".join(str(e) for e in errors))
         for key in RESTART_KEYS:
             if getattr(fresh, key) != getattr(self.config, key):
                 log.warning("daemon file: %s changed; it takes effect after a restart", key)
         live = {k: getattr(self.config, k) for k in RESTART_KEYS}
         fresh = msgspec.structs.replace(fresh, **live)
+        if fresh == self.config:
+            return FileResult(shown, "unchanged")
         try:
             # Tokenizer files may be read for the first time: off the event loop too.
             agents = await trio.to_thread.run_sync(lambda: build_agents(
                 fresh, store=self.store, tools=self.tools, client=client, locks=self.locks))
         except OrradError as exc:
             log.error("%s (daemon file not reloaded)", exc)
-            return
+            return FileResult(shown, "rejected", f"{shown}: {exc}")
         self.router.agents = agents
         self.config = fresh
+        log.info("daemon file %s: reloaded", shown)
+        return FileResult(shown, "reloaded")
 
     async def run(self) -> None:
         """Run until stopped; signals are watched for the daemon's whole life.

@@ -87,7 +87,7 @@ class FileResult:
     """The outcome of one file in a reload (CONTRACT §5 ``/v1/reload``)."""
 
     file: str
-    result: str  # started | restarted | stopped | unchanged | rejected
+    result: str  # started | restarted | stopped | unchanged | rejected (| reloaded: daemon file)
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:

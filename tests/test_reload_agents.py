@@ -35,7 +35,7 @@ async def test_an_agent_added_by_reload_is_usable_from_webhook_and_api(tmp_path:
             daemon.config_path.write_text(text)
             reload = await daemon.post("/v1/reload")
             assert reload.status_code == 200
-            assert [f["result"] for f in reload.json()["files"]] == ["unchanged"]
+            assert [f["result"] for f in reload.json()["files"]] == ["reloaded", "unchanged"]
 
             after = await client.post(hook, headers=auth, json={"message": "hi", "agent": "b"})
             assert after.status_code == 200, after.text
