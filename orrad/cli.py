@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,8 +100,41 @@ def cmd_check(args: argparse.Namespace) -> int:
     if channel_set.errors:
         return EXIT_CONFIG
     names = ", ".join(c.name or "?" for c in channel_set.ok.values()) or "none"
+    if not os.path.isdir(config.channels_dir):
+        print(f"warning: channels_dir {config.channels_dir} does not exist: `orrad run` "
+              "would start no channel", file=sys.stderr)
+    for note in _environment_notes([config.path, *channel_set.ok]):
+        print(note, file=sys.stderr)
     print(f"configuration ok: {len(channel_set.ok)} channel file(s) ({names})", file=sys.stderr)
     return EXIT_OK
+
+
+_VARIABLE_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _environment_notes(paths: Sequence[str | None]) -> list[str]:
+    """One note per file that takes ``${VAR}`` values from this shell's environment.
+
+    ``check`` expands variables in the environment of whoever runs it; the service has its
+    own (the unit's ``Environment=``, ``EnvironmentFile=``, credentials), which this
+    command cannot see. So a check that passes here says nothing about those values.
+    """
+    notes = []
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            continue
+        used = sorted({name for name in _VARIABLE_RE.findall(text) if name in os.environ})
+        if used:
+            shown = ", ".join(f"${{{name}}}" for name in used)
+            notes.append(f"note: {path} uses {shown} from this shell's environment; "
+                         "the service must have the same values (its unit's Environment=, "
+                         "EnvironmentFile= or credentials), which check cannot see")
+    return notes
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import (
     ChannelConfig,
+    ChannelSet,
     DaemonConfig,
     find_config_file,
     load_channels,
@@ -253,8 +255,13 @@ class Daemon:
         assert self.manager is not None
         holders = {runner.name: file for file, runner in self.manager.runners.items()}
         # File reads and ${file:...} expansion: off the event loop.
-        channel_set = await trio.to_thread.run_sync(
-            lambda: load_channels(self.config, self.registry.config_types(), holders=holders))
+        def load() -> ChannelSet:
+            if not os.path.isdir(self.config.channels_dir):
+                log.warning("channels_dir %s does not exist: no channel runs (create it, add "
+                            "channel files and reload)", self.config.channels_dir)
+            return load_channels(self.config, self.registry.config_types(), holders=holders)
+
+        channel_set = await trio.to_thread.run_sync(load)
         results = await self.manager.apply(channel_set.ok, channel_set.errors)
         for result in results:
             if result.result != "unchanged":
