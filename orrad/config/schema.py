@@ -25,6 +25,7 @@ import msgspec
 
 from orrad.config.yamlpos import Path
 from orrad.errors import InvalidNamespace
+from orrad.listen import parse_listen
 from orrad.model import Namespace
 
 __all__ = [
@@ -77,22 +78,6 @@ class _Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` too; empty host = every interface).
-
-    Raises:
-        ValueError: not of that form, or a port outside 0-65535.
-    """
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError("write an IPv6 address in brackets, e.g. [::1]:8080")
-    return host, int(port)
 
 
 def is_loopback(host: str) -> bool:

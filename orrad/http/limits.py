@@ -1,8 +1,10 @@
-"""Server limits and listen-address parsing (no I/O)."""
+"""Server limits (no I/O); listen addresses are parsed by :mod:`orrad.listen`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from orrad.listen import parse_listen
 
 __all__ = ["ServerLimits", "parse_listen"]
 
@@ -37,33 +39,3 @@ class ServerLimits:
     send_timeout_s: float = 10.0
     """Writing one response must finish within this, else the connection is dropped (a
     client that does not read its answers must not hold a task forever)."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``"HOST:PORT"`` into ``(host, port)``.
-
-    IPv6 hosts go in brackets (``"[::1]:8470"``, returned as ``("::1", 8470)``); port 0 asks
-    the system for a free port.
-
-    Raises:
-        ValueError: not ``HOST:PORT``, an empty host, unbracketed IPv6, or a port outside
-            0-65535.
-    """
-    host, sep, port_text = listen.rpartition(":")
-    if not sep:
-        raise ValueError(f"invalid listen address {listen!r}: expected HOST:PORT")
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            raise ValueError(f"invalid listen address {listen!r}: bad [IPv6] host")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(
-            f"invalid listen address {listen!r}: put IPv6 addresses in brackets, e.g. [::1]:80"
-        )
-    if not host or any(c.isspace() for c in host):
-        raise ValueError(f"invalid listen address {listen!r}: expected HOST:PORT")
-    if not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(
-            f"invalid listen address {listen!r}: port must be a number from 0 to 65535"
-        )
-    return host, int(port_text)

@@ -105,7 +105,7 @@ class HTTPServer:
         self._started = True
         try:
             host, port = parse_listen(listen)
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
             if port == 0:
                 # A name like "localhost" can resolve to several addresses, and each would
                 # get its own random port; serve the first one only, so "bound" is the truth.

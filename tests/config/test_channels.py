@@ -215,6 +215,8 @@ def test_agent_may_name_remote_agent(daemon: DaemonConfig) -> None:
          "loopback address"),
         ("kind: webhook\nlisten: ':8080'\nauth: {bearer_token: ''}\n",
          ":2:9: a webhook without auth"),
+        ("kind: webhook\nlisten: '127.0.0.1:\uff18\uff10'\n",
+         ":2:9: invalid listen address: the port must be a number"),
         ("kind: webhook\nlisten: 192.168.1.4:8080\nauth: {}\n", ":2:9: a webhook without auth"),
         ("kind: webhook\nlisten: example.com:80\n", ":2:9: a webhook without auth"),
         ("kind: webhook\nlisten: '8080'\n", ":2:9: invalid listen address"),
@@ -284,10 +286,20 @@ def test_parse_listen(value: str, expected: tuple[str, int]) -> None:
     assert parse_listen(value) == expected
 
 
-@pytest.mark.parametrize("value", ["8080", "host:", "host:x", "::1:80", "h:70000", ""])
+@pytest.mark.parametrize("value", ["8080", "host:", "host:x", "::1:80", "h:70000", "",
+                                   "h:\uff18\uff10", "h:+80", "h:000080", "[::1:80", "a b:80"])
 def test_parse_listen_errors(value: str) -> None:
-    with pytest.raises(ValueError, match=r"HOST:PORT|brackets"):
+    with pytest.raises(ValueError, match=r"HOST:PORT|brackets|port|IPv6|white space"):
         parse_listen(value)
+
+
+def test_one_listen_parser_for_check_and_every_listener() -> None:
+    from orrad import listen
+    from orrad.http import limits, server
+
+    assert parse_listen is listen.parse_listen
+    assert limits.parse_listen is listen.parse_listen
+    assert server.parse_listen is listen.parse_listen
 
 
 @pytest.mark.parametrize(
