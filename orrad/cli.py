@@ -23,6 +23,7 @@ from orrad.config import (
     load_channels,
     load_daemon_config,
 )
+from orrad.config.files import read_regular_file
 from orrad.errors import ConfigError, ConfigErrors, InvalidNamespace, OrradError, StoreError
 from orrad.logs import setup_logging
 from orrad.model import Message, Namespace
@@ -123,10 +124,9 @@ def _environment_notes(paths: Sequence[str | None]) -> list[str]:
     for path in paths:
         if path is None:
             continue
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read(1 << 20)
-        except OSError:
+        try:  # the file was just loaded, but may have been swapped for a FIFO since
+            text = read_regular_file(path).decode("utf-8", errors="replace")
+        except ConfigError:
             continue
         used = sorted({name for name in _VARIABLE_RE.findall(text) if name in os.environ})
         if used:
@@ -225,18 +225,17 @@ def _api_settings_only(path: str | None) -> DaemonConfig:
     environment or credentials): ``orrad status`` must not need them. Only ``api.listen``
     and ``api.token`` are expanded.
     """
-    import yaml
-
     from orrad.config import ApiConfig, expand
+    from orrad.config.yamlpos import load_yaml_file, unwrap
 
     defaults = load_daemon_config(None)
     if path is None:
         return defaults
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the daemon file: {exc}", path=path) from None
+    # Bounded like every configuration read (regular file, size, nesting, time).
+    doc, errors = load_yaml_file(path)
+    if doc.data is None and errors:
+        raise ConfigError(f"cannot read the daemon file: {errors[0].message}", path=path)
+    raw = unwrap(doc.data)
     api = raw.get("api") if isinstance(raw, dict) else None
     api = api if isinstance(api, dict) else {}
     base_dir = os.path.dirname(os.path.abspath(path))

@@ -10,27 +10,31 @@ Forms, expanded left to right in one pass:
   and, when relative, is resolved against ``base_dir``.
 - ``$${`` — a literal ``${``. Any other ``$`` is literal.
 
-Substituted text (variable values, file contents) is never expanded again. Problems raise
-:class:`ExpansionError`, whose message names the variable or file but never a value.
+Substituted text (variable values, file contents) is never expanded again. References nest
+at most :data:`MAX_NESTING` deep (``${A:-${B:-x}}`` is two). Problems raise
+:class:`ExpansionError`, whose message names the variable or the file reference as written
+but never a value (not even a path that came out of a variable).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable, Mapping
 
-__all__ = ["ExpansionError", "expand", "make_expander"]
+from orrad.config.files import MAX_FILE_BYTES, read_regular_text
+from orrad.errors import ConfigError
+
+__all__ = ["MAX_FILE_BYTES", "MAX_NESTING", "ExpansionError", "expand", "make_expander"]
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+MAX_NESTING = 16
+"""How deep ``${…}`` references may nest inside one another."""
 
 
 class ExpansionError(ValueError):
     """A ``${…}`` reference that cannot be expanded (the message is safe to print)."""
-
-
-MAX_FILE_BYTES = 1024 * 1024
 
 
 def _closing_brace(text: str, start: int) -> int:
@@ -42,6 +46,8 @@ def _closing_brace(text: str, start: int) -> int:
             i += 3
         elif text.startswith("${", i):
             depth += 1
+            if depth > MAX_NESTING:
+                raise ExpansionError(f"'${{' references nested more than {MAX_NESTING} deep")
             i += 2
         elif text[i] == "}":
             depth -= 1
@@ -53,22 +59,21 @@ def _closing_brace(text: str, start: int) -> int:
     raise ExpansionError("unterminated '${' (write '$${' for a literal '${')")
 
 
-def _read_file(path: str, base_dir: str) -> str:
+def _shown(written: str) -> str:
+    return written if len(written) <= 200 else written[:197] + "..."
+
+
+def _read_file(path: str, written: str, base_dir: str) -> str:
+    """The file ``path`` for the reference ``${file:WRITTEN}`` (named as written: ``path``
+    may come from a variable, whose value is not ours to print)."""
     if not path:
-        raise ExpansionError("empty path in ${file:}")
-    full = os.path.join(base_dir, path)
+        raise ExpansionError(f"empty path in ${{file:{_shown(written)}}}")
     try:
         # Regular files only, and small ones: ${file:/dev/zero} must not hang or eat memory.
-        if not stat.S_ISREG(os.stat(full).st_mode):
-            raise ExpansionError(f"cannot read ${{file:{path}}}: not a regular file")
-        with open(full, encoding="utf-8") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise ExpansionError(f"${{file:{path}}} is larger than {MAX_FILE_BYTES} bytes")
-    except UnicodeDecodeError:
-        raise ExpansionError(f"cannot read ${{file:{path}}}: not UTF-8 text") from None
-    except OSError as e:
-        raise ExpansionError(f"cannot read ${{file:{path}}}: {e.strerror or e}") from None
+        data = read_regular_text(os.path.join(base_dir, path), MAX_FILE_BYTES)
+    except ConfigError as e:
+        reason = e.message.removeprefix("cannot read file: ")
+        raise ExpansionError(f"cannot read ${{file:{_shown(written)}}}: {reason}") from None
     if data.endswith("\r\n"):
         return data[:-2]
     return data.removesuffix("\n")
@@ -76,7 +81,8 @@ def _read_file(path: str, base_dir: str) -> str:
 
 def _reference(body: str, environ: Mapping[str, str], base_dir: str) -> str:
     if body.startswith("file:"):
-        return _read_file(expand(body[5:], environ=environ, base_dir=base_dir), base_dir)
+        written = body[5:]
+        return _read_file(expand(written, environ=environ, base_dir=base_dir), written, base_dir)
     name, sep, default = body.partition(":-")
     if not _NAME_RE.fullmatch(name):
         raise ExpansionError(

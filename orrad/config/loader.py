@@ -13,6 +13,10 @@ Every problem is a :class:`~orrad.errors.ConfigError` at the 1-based line and co
 the offending key or value; a failed load raises :class:`~orrad.errors.ConfigErrors` with
 all of them, in file order, at most one per position. A key with an empty value (null)
 means the default for sections and lists (``api:``, ``tools:``), not for scalars.
+
+Every file is read and parsed within :class:`~orrad.config.yamlpos.Limits` (regular files
+only, a size cap, bounded nesting, nodes and expansion, a time budget), so a hostile file
+is one more rejected file, never a crash or a hang.
 """
 
 from __future__ import annotations
@@ -40,18 +44,30 @@ from orrad.config.schema import (
     WebhookChannelConfig,
     normalized_base_url,
 )
-from orrad.config.yamlpos import Document, Path, Reresolved, load_yaml_file, unwrap
+from orrad.config.yamlpos import (
+    DEFAULT_LIMITS,
+    Document,
+    Limits,
+    Mark,
+    Path,
+    Reresolved,
+    load_yaml_file,
+    unwrap,
+)
 from orrad.errors import ConfigError, ConfigErrors
 
 __all__ = [
     "BUILTIN_CHANNEL_KINDS",
     "DEFAULT_CONFIG_PATHS",
     "ChannelSet",
+    "LoadedChannel",
+    "collect_channels",
     "find_config_file",
     "list_channel_files",
     "load_channel_file",
     "load_channels",
     "load_daemon_config",
+    "read_channel_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -302,7 +318,8 @@ def find_config_file(
     """The daemon file to use: ``-c``, ``$ORRAD_CONFIG``, then :data:`DEFAULT_CONFIG_PATHS`.
 
     Returns the first that exists (as given, not made absolute), or ``None`` for the
-    built-in defaults.
+    built-in defaults. A default path that exists but is no regular file (a FIFO, a
+    device) is returned too, so loading rejects it instead of silently using defaults.
 
     Raises:
         ConfigError: ``-c`` or ``$ORRAD_CONFIG`` names a file that does not exist.
@@ -315,7 +332,7 @@ def find_config_file(
                                   path=explicit)
             return explicit
     for candidate in DEFAULT_CONFIG_PATHS:
-        if os.path.isfile(candidate):
+        if os.path.exists(candidate) and not os.path.isdir(candidate):
             return candidate
     return None
 
@@ -353,12 +370,14 @@ def load_daemon_config(
     *,
     known_tools: Collection[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> DaemonConfig:
     """Load and validate the daemon file; ``path=None`` gives the built-in defaults.
 
     Relative paths and ``${file:…}`` resolve against the file's folder (the working
     directory without a file). ``known_tools``, when given, is the tool registry agents'
-    ``tools`` and policies are checked against. An empty file means all defaults.
+    ``tools`` and policies are checked against. An empty file means all defaults. The
+    file is read and parsed within ``limits``.
 
     Raises:
         ConfigErrors: every problem found (see the module docstring).
@@ -369,7 +388,7 @@ def load_daemon_config(
         doc, errors = Document("<built-in defaults>", data={}), list[ConfigError]()
     else:
         base_dir = os.path.dirname(os.path.abspath(path))
-        doc, errors = load_yaml_file(path, expand=make_expander(env, base_dir))
+        doc, errors = load_yaml_file(path, expand=make_expander(env, base_dir), limits=limits)
         if doc.data is None and errors:
             _raise(errors)
     data = {} if doc.data is None else doc.data
@@ -441,11 +460,11 @@ def _channel_class(
 
 def _load_channel(
     path: str, daemon: DaemonConfig, kinds: Mapping[str, type[ChannelConfig]],
-    environ: Mapping[str, str] | None,
+    environ: Mapping[str, str] | None, limits: Limits,
 ) -> tuple[ChannelConfig, Document]:
     env = os.environ if environ is None else environ
     base_dir = daemon.base_dir or os.getcwd()
-    doc, errors = load_yaml_file(path, expand=make_expander(env, base_dir))
+    doc, errors = load_yaml_file(path, expand=make_expander(env, base_dir), limits=limits)
     if doc.data is None:
         _raise(errors or [ConfigError("channel file is empty", path=path, line=1, col=1)])
     data = doc.data
@@ -476,6 +495,7 @@ def load_channel_file(
     kinds: Mapping[str, type[ChannelConfig]],
     *,
     environ: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ChannelConfig:
     """Load one channel file as the Struct its ``kind`` selects from ``kinds``.
 
@@ -483,12 +503,44 @@ def load_channel_file(
     set (the file name without extension when absent) and kind-specific defaults filled
     (webhook ``namespace_prefix``); ``agent`` stays ``None`` to mean the daemon's
     ``default_agent``. ``agent`` and discord ``agents`` must name daemon agents (or
-    ``agent@peer`` for a declared federation peer).
+    ``agent@peer`` for a declared federation peer). The file is read and parsed within
+    ``limits``.
 
     Raises:
         ConfigErrors: every problem found, e.g. ``channel file is empty``.
     """
-    return _load_channel(path, daemon, kinds, environ)[0]
+    return _load_channel(path, daemon, kinds, environ, limits)[0]
+
+
+@dataclass(frozen=True)
+class LoadedChannel:
+    """One valid channel file, before channel names are compared across files."""
+
+    path: str
+    config: ChannelConfig
+    name_at: Mark
+    """Where the file gives its name (1:1 when the name is the file name)."""
+    name_shown: str
+    """The name as an error may show it: quoted, or the ``${…}`` it came from as written."""
+
+
+def read_channel_file(
+    path: str,
+    daemon: DaemonConfig,
+    kinds: Mapping[str, type[ChannelConfig]],
+    *,
+    environ: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> LoadedChannel:
+    """:func:`load_channel_file`, keeping what :func:`collect_channels` needs.
+
+    Raises:
+        ConfigErrors: every problem found.
+    """
+    cfg, doc = _load_channel(path, daemon, kinds, environ, limits)
+    written = doc.expanded.get(("name",))
+    shown = written[0] if written is not None else repr(cfg.name or "")
+    return LoadedChannel(path, cfg, doc.mark(("name",)), shown)
 
 
 @dataclass
@@ -506,36 +558,56 @@ class ChannelSet:
         return [e for path in sorted(self.errors) for e in self.errors[path].errors]
 
 
+def collect_channels(
+    outcomes: Mapping[str, LoadedChannel | ConfigErrors],
+    holders: Mapping[str, str] | None = None,
+) -> ChannelSet:
+    """The :class:`ChannelSet` of files loaded one by one (path -> outcome, in name order).
+
+    When several files use one channel name, the file that already holds it (``holders``:
+    name -> file, from a running daemon) keeps it, else the first in name order; the others
+    are rejected with an error naming that file and line.
+    """
+    result = ChannelSet()
+    loaded: dict[str, list[LoadedChannel]] = {}
+    for path, outcome in outcomes.items():
+        if isinstance(outcome, ConfigErrors):
+            result.errors[path] = outcome
+        else:
+            loaded.setdefault(outcome.config.name or "", []).append(outcome)
+    for name, candidates in loaded.items():
+        holder = (holders or {}).get(name)
+        winner = next((c for c in candidates if c.path == holder), candidates[0])
+        result.ok[winner.path] = winner.config
+        line, col = winner.name_at
+        for loser in candidates:
+            if loser is not winner:
+                message = (f"duplicate channel name {loser.name_shown}: also used by "
+                           f"{winner.path}:{line}:{col}")
+                at = loser.name_at
+                result.errors[loser.path] = ConfigErrors(
+                    [ConfigError(message, path=loser.path, line=at.line, col=at.col)])
+    return result
+
+
 def load_channels(
     daemon: DaemonConfig,
     kinds: Mapping[str, type[ChannelConfig]],
     *,
     environ: Mapping[str, str] | None = None,
     holders: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ChannelSet:
     """Load every file of :func:`list_channel_files` (``daemon.channels_dir``).
 
-    Each file is judged alone. When several files use one channel name, the file that
-    already holds it (``holders``: name -> file, from a running daemon) keeps it, else the
-    first in name order; the others are rejected with an error naming that file and line.
+    Each file is judged alone, within ``limits``; duplicate names as
+    :func:`collect_channels` says.
     """
-    result = ChannelSet()
-    loaded: dict[str, list[tuple[str, ChannelConfig, Document]]] = {}
+    outcomes: dict[str, LoadedChannel | ConfigErrors] = {}
     for path in list_channel_files(daemon.channels_dir):
         try:
-            cfg, doc = _load_channel(path, daemon, kinds, environ)
+            outcomes[path] = read_channel_file(path, daemon, kinds, environ=environ,
+                                               limits=limits)
         except ConfigErrors as e:
-            result.errors[path] = e
-            continue
-        loaded.setdefault(cfg.name or "", []).append((path, cfg, doc))
-    for name, candidates in loaded.items():
-        holder = (holders or {}).get(name)
-        winner = next((c for c in candidates if c[0] == holder), candidates[0])
-        result.ok[winner[0]] = winner[1]
-        line, col = winner[2].mark(("name",))
-        for path, _cfg, doc in candidates:
-            if path != winner[0]:
-                message = (f"duplicate channel name {name!r}: also used by "
-                           f"{winner[0]}:{line}:{col}")
-                result.errors[path] = ConfigErrors([doc.error(("name",), message)])
-    return result
+            outcomes[path] = e
+    return collect_channels(outcomes, holders)
