@@ -64,6 +64,32 @@ def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int:
     return -1
 
 
+def _head_problem(event: h11.Request, headers: Sequence[tuple[bytes, bytes]],
+                  max_bytes: int) -> Response | None:
+    """What is wrong with a request head that h11 accepted, as the answer to send.
+
+    - Its size: h11 bounds a head only while it is incomplete, so a head that arrived in
+      one read could be of any size; the bound is applied to what was received (431).
+    - Both ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1: a smuggling
+      attempt; answered 400 and the connection closed, so nothing after it is read).
+    """
+    size = len(event.method) + len(event.target) + 12
+    lengths = codings = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            lengths += 1
+        elif name == b"transfer-encoding":
+            codings += 1
+    if size > max_bytes:
+        return error_response(431, "too_large",
+                              f"request head larger than {max_bytes} bytes")
+    if lengths and codings:
+        return error_response(400, "bad_request",
+                              "both Content-Length and Transfer-Encoding: refused")
+    return None
+
+
 def too_large(limit: int) -> Response:
     return error_response(413, "too_large", f"request body larger than {limit} bytes")
 
@@ -213,9 +239,17 @@ class Connection:
 
             method = event.method.decode("ascii")
             target = event.target.decode("latin-1")
+            raw_headers = event.headers
+            problem = _head_problem(event, raw_headers, limits.max_header_bytes)
+            if problem is not None:
+                await self.send_early(problem)  # then close: never read past a bad head
+                return
+            if target[:1] != "/" and target.startswith(("http://", "https://")):
+                # Absolute form (RFC 9112 §3.2.2: a server MUST accept it): route on its
+                # path and query.
+                target = "/" + target.split("://", 1)[1].partition("/")[2]
             raw_path, _, qs = target.partition("?")
             path = unquote(raw_path) if "%" in raw_path else raw_path
-            raw_headers = event.headers
 
             # ---- route: a 404/405 is answered without reading any body
             try:

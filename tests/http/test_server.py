@@ -162,7 +162,7 @@ def test_parse_listen() -> None:
     assert parse_listen("localhost:1") == ("localhost", 1)
     assert parse_listen(":80") == ("", 80)  # every interface, as orrad check accepts it
     for bad in ["8470", "::1:80", "[::1:80", "host:", "host:65536", "host:x", "h st:1"]:
-        with pytest.raises(ValueError, match="HOST:PORT|brackets|IPv6|port|white space"):
+        with pytest.raises(ValueError, match=r"HOST:PORT|brackets|IPv6|port|white space"):
             parse_listen(bad)
 
 
