@@ -20,7 +20,7 @@ import trio
 from orrad import safejson
 from orrad.config.agents import BadAgentChoice, requested_agent
 from orrad.delivery import Reply, reply_body, status_for_code
-from orrad.errors import InvalidNamespace, StoreError
+from orrad.errors import DaemonStopping, InvalidNamespace, StoreError
 from orrad.http import HTTPError, Request, Response, Router, json_response
 from orrad.metrics import METRICS
 from orrad.model import InboundMessage, Message, Namespace, OutboundMessage
@@ -140,7 +140,10 @@ def build_api_router(daemon: DaemonView) -> Router:
         return json_response(200, daemon.status_json())
 
     async def reload(request: Request) -> Response:
-        results = await daemon.reload()
+        try:
+            results = await daemon.reload()
+        except DaemonStopping:
+            raise HTTPError(503, "unavailable", "the daemon is stopping") from None
         return json_response(200, {"files": [r.to_json() for r in results]})
 
     async def messages(request: Request) -> Response:

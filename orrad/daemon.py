@@ -7,6 +7,11 @@ period). It also stops by itself when its only channels are stdin channels that 
 of input. systemd is told ``READY=1`` once the store is open, listeners are bound and every
 channel has finished its first start attempt (at most 10 s), and is pinged while the
 supervisor loop is alive.
+
+Configuration files are hostile input: each is read in a worker thread (its own small
+thread limiter, so nothing else waits for it) within its time budget, after which the
+thread is abandoned and the file rejected. Reloads run beside the signal loop, never in it,
+and a stop request cancels any load in progress, so SIGTERM is honoured during a reload.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -34,15 +39,23 @@ from orrad.channels.base import ChannelContext
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import (
     ChannelConfig,
-    ChannelSet,
     DaemonConfig,
     find_config_file,
-    load_channels,
+    list_channel_files,
     load_daemon_config,
 )
 from orrad.config.agents import agent_choice_problem
+from orrad.config.loader import LoadedChannel, collect_channels, read_channel_file
+from orrad.config.yamlpos import DEFAULT_LIMITS, Limits
 from orrad.delivery import Reply
-from orrad.errors import ConfigError, ConfigErrors, DaemonError, OrradError, StoreError
+from orrad.errors import (
+    ConfigError,
+    ConfigErrors,
+    DaemonError,
+    DaemonStopping,
+    OrradError,
+    StoreError,
+)
 from orrad.http import HTTPServer
 from orrad.model import InboundMessage, Namespace
 from orrad.peering import Federation
@@ -69,6 +82,15 @@ API_SOURCE = "api"
 CHANNEL_HTTP_TIMEOUT_S = 30.0  # channels' own requests (webhook callbacks)
 # Keys of the daemon file that only a restart applies (CONTRACT §2.1).
 RESTART_KEYS = ("instance", "state_dir", "api", "routing", "federation")
+# Worker threads that read configuration files at once. A thread stuck in a read (a hung
+# network file system) is abandoned but keeps its token until the read returns: a limiter
+# of their own keeps such threads from starving the state store's.
+CONFIG_LOAD_THREADS = 4
+# A file's time budget is checked while it is parsed; past it and this margin (a read
+# blocked in the kernel), the worker is abandoned and the file rejected.
+LOAD_MARGIN_S = 2.0
+
+T = TypeVar("T")
 
 
 # Young collections every 10,000 net allocations instead of 700, and a full one every
@@ -115,9 +137,11 @@ class Daemon:
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
         notifier: Notifier | None = None,
         tune_gc: bool = False,
+        config_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
         self.tune_gc = tune_gc
+        self.config_limits = config_limits
         self.registry = registry or default_registry()
         self.tools = tools or default_tool_registry()
         self.handle_signals = handle_signals
@@ -139,6 +163,10 @@ class Daemon:
         self._channel_client: httpx.AsyncClient | None = None
         self.federation: Federation | None = None
         self._reload_lock = trio.Lock()
+        self._load_limiter = trio.CapacityLimiter(CONFIG_LOAD_THREADS)
+        # Loads (and waits) that a stop request cancels; see _stoppable().
+        self._stoppable_scopes: set[trio.CancelScope] = set()
+        self._reload_requested = trio.Event()
 
     # -- the view the API uses (orrad.api.DaemonView) ----------------------------------
 
@@ -226,7 +254,38 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------
 
     def request_stop(self) -> None:
+        """Stop the daemon; a reload or initial load in progress is cancelled at once."""
         self._stop.set()
+        for scope in self._stoppable_scopes:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _stoppable(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that :meth:`request_stop` cancels (already cancelled when the
+        daemon is stopping); check ``cancelled_caught`` after the block."""
+        scope = trio.CancelScope()
+        if self._stop.is_set():
+            scope.cancel()
+        self._stoppable_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._stoppable_scopes.discard(scope)
+
+    async def _off_loop(self, load: Callable[[], T], path: str) -> T:
+        """``load()`` (reading the file ``path``) in a worker thread, within the budget.
+
+        Raises:
+            ConfigError: the worker did not finish in time; it is abandoned (it may stay
+                blocked in the kernel, but never blocks the daemon).
+        """
+        budget = self.config_limits.time_s + LOAD_MARGIN_S
+        with trio.move_on_after(budget):
+            return await trio.to_thread.run_sync(load, abandon_on_cancel=True,
+                                                 limiter=self._load_limiter)
+        log.error("reading %s took longer than %gs; abandoned", path, budget)
+        raise ConfigError(f"not read within {budget:g}s (a read that blocks?)", path=path)
 
     def _make_context(self, config: ChannelConfig) -> ChannelContext:
         assert config.name is not None
@@ -241,27 +300,73 @@ class Daemon:
         return manager is None or not manager.only_completed_stdin(finishing=config.name)
 
     async def reload(self) -> list[FileResult]:
-        """Re-read the daemon file (agents, providers, policies) and ``channels_dir``."""
-        async with self._reload_lock:
-            self.notifier.reloading()
+        """Re-read the daemon file (agents, providers, policies) and ``channels_dir``.
+
+        Raises:
+            DaemonStopping: the daemon stopped before or during the reload (which is then
+                abandoned where it was).
+        """
+        with self._stoppable():
+            async with self._reload_lock:
+                self.notifier.reloading()
+                try:
+                    daemon_file = await self._reload_daemon_file()
+                    channels = await self._load_channels()
+                    return channels if daemon_file is None else [daemon_file, *channels]
+                finally:
+                    if not self._stop.is_set():  # READY=1 after STOPPING=1 would confuse
+                        self.notifier.ready(self.summary())
+        raise DaemonStopping("the daemon is stopping; the reload was not done")
+
+    async def _reload_when_asked(self) -> None:
+        """Run a reload for each SIGHUP, beside the signal loop (several SIGHUPs during a
+        reload make one more reload after it)."""
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested = trio.Event()
             try:
-                daemon_file = await self._reload_daemon_file()
-                channels = await self._load_channels()
-                return channels if daemon_file is None else [daemon_file, *channels]
-            finally:
-                self.notifier.ready(self.summary())
+                await self.reload()
+            except DaemonStopping:
+                return
+
+    async def _read_channel_file(
+        self, path: str, config: DaemonConfig, kinds: Mapping[str, type[ChannelConfig]]
+    ) -> LoadedChannel | ConfigErrors:
+        """One channel file's outcome; whatever goes wrong, it concerns that file only."""
+        limits = self.config_limits
+        try:
+            return await self._off_loop(
+                lambda: read_channel_file(path, config, kinds, limits=limits), path)
+        except ConfigErrors as exc:
+            return exc
+        except ConfigError as exc:
+            return ConfigErrors([exc])
+        except Exception as exc:  # a plugin's own checks failing, say: not the daemon's end
+            log.error("channel file %s: %s raised while loading it", path, type(exc).__name__)
+            log.debug("loading %s", path, exc_info=True)
+            return ConfigErrors([ConfigError(
+                f"cannot load the file: {type(exc).__name__} raised while checking it",
+                path=path)])
 
     async def _load_channels(self) -> list[FileResult]:
         assert self.manager is not None
         holders = {runner.name: file for file, runner in self.manager.runners.items()}
-        # File reads and ${file:...} expansion: off the event loop.
-        def load() -> ChannelSet:
-            if not os.path.isdir(self.config.channels_dir):
-                log.warning("channels_dir %s does not exist: no channel runs (create it, add "
-                            "channel files and reload)", self.config.channels_dir)
-            return load_channels(self.config, self.registry.config_types(), holders=holders)
+        config, channels_dir = self.config, self.config.channels_dir
+        kinds = self.registry.config_types()
 
-        channel_set = await trio.to_thread.run_sync(load)
+        def listing() -> list[str]:
+            if not os.path.isdir(channels_dir):
+                log.warning("channels_dir %s does not exist: no channel runs (create it, add "
+                            "channel files and reload)", channels_dir)
+            return list_channel_files(channels_dir)
+
+        # Listing, file reads and ${file:...} expansion: off the event loop, file by file.
+        try:
+            files = await self._off_loop(listing, channels_dir)
+        except ConfigError as exc:
+            return [FileResult(channels_dir, "rejected", f"{exc}; no channel file was read")]
+        outcomes = {path: await self._read_channel_file(path, config, kinds) for path in files}
+        channel_set = collect_channels(outcomes, holders)
         results = await self.manager.apply(channel_set.ok, channel_set.errors)
         for result in results:
             if result.result != "unchanged":
@@ -281,15 +386,15 @@ class Daemon:
         path = self.config.path
         if path is None:
             try:
-                path = await trio.to_thread.run_sync(find_config_file, None)
+                path = await self._off_loop(lambda: find_config_file(None), "daemon file")
             except ConfigError as exc:
                 return FileResult(exc.path or "daemon file", "rejected", str(exc))
             if path is None:
                 return None
-        client, shown = self._client, path
+        client, shown, tools, limits = self._client, path, self.tools.names(), self.config_limits
         try:
-            fresh = await trio.to_thread.run_sync(
-                lambda: load_daemon_config(path, known_tools=self.tools.names()))
+            fresh = await self._off_loop(
+                lambda: load_daemon_config(path, known_tools=tools, limits=limits), path)
         except (ConfigErrors, ConfigError) as exc:
             errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
             for error in errors:
@@ -392,9 +497,11 @@ class Daemon:
                         f"cannot listen on api.listen {self.config.api.listen}: {exc.strerror}"
                     ) from None
                 log.info("daemon API listening on %s:%d", *self.api_address)
-            await self._load_channels()
+            with self._stoppable():  # SIGTERM while the files are read: stop now
+                await self._load_channels()
             nursery.start_soon(self._stop_when_input_ends)
-            with trio.move_on_after(READY_WAIT_S):
+            nursery.start_soon(self._reload_when_asked)
+            with trio.move_on_after(READY_WAIT_S), self._stoppable():
                 await self.manager.wait_first_attempts()
             self.ready.set()
             self.notifier.ready(self.summary())
@@ -477,7 +584,8 @@ class Daemon:
                 if self.manager is None:
                     continue  # still starting: the channels are about to be read anyway
                 log.info("SIGHUP: reloading %s", self.config.channels_dir)
-                await self.reload()
+                # Never awaited here: a reload must not keep SIGTERM from being seen.
+                self._reload_requested.set()
             elif self._stop.is_set():
                 log.warning("%s again: stopping now, without waiting for in-flight work",
                             signal.Signals(signum).name)

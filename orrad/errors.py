@@ -213,3 +213,7 @@ class FatalChannelError(ChannelError):
 
 class DaemonError(OrradError):
     """The running daemon could not be reached or answered an error (CLI client side)."""
+
+
+class DaemonStopping(OrradError):
+    """The daemon is stopping, so a request (a reload) was not carried out."""

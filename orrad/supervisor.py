@@ -87,7 +87,9 @@ class FileResult:
     """The outcome of one file in a reload (CONTRACT §5 ``/v1/reload``)."""
 
     file: str
-    result: str  # started | restarted | stopped | unchanged | rejected (| reloaded: daemon file)
+    # started | restarted | stopped | unchanged | rejected | removed (a rejected file that is
+    # gone) | reloaded (the daemon file)
+    result: str
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -302,6 +304,7 @@ class ChannelManager:
         self.rejected: dict[str, ChannelStatus] = {}
         self._generations: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
+        self._closing = False
         self.changed = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -352,9 +355,14 @@ class ChannelManager:
     async def apply(
         self, configs: Mapping[str, ChannelConfig], errors: Mapping[str, ConfigErrors]
     ) -> list[FileResult]:
-        """Make the running channels match ``configs`` (by file); see CONTRACT §7 SIGHUP."""
+        """Make the running channels match ``configs`` (by file); see CONTRACT §7 SIGHUP.
+
+        Once :meth:`stop_all` began, nothing more is started (the results stop there).
+        """
         results: list[FileResult] = []
         for file in sorted(set(self.runners) | set(self.rejected) | set(configs) | set(errors)):
+            if self._closing:
+                break
             results.append(await self._apply_file(file, configs.get(file), errors.get(file)))
         self._notify()
         return results
@@ -376,12 +384,14 @@ class ChannelManager:
                 runner.file_rejected = True
             log.error("%s", message)
             return FileResult(file, "rejected", message)
-        self.rejected.pop(file, None)
+        was_rejected = self.rejected.pop(file, None) is not None
         if runner is not None:
             runner.file_rejected = False
         if config is None or not config.enabled:
             if runner is None:
-                return FileResult(file, "unchanged")
+                # A rejected file that is gone (or now disabled) is no longer rejected.
+                return FileResult(file, "removed" if was_rejected and config is None
+                                  else "unchanged")
             del self.runners[file]
             await self._stop_runner(runner, removed=True)
             return FileResult(file, "stopped")
@@ -396,6 +406,7 @@ class ChannelManager:
 
     async def stop_all(self) -> None:
         """Stop every channel, last started first, each within the grace period."""
+        self._closing = True
         for runner in reversed(list(self.runners.values())):
             await self._stop_runner(runner)
 

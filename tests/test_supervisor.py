@@ -246,6 +246,38 @@ async def test_reload_diff_per_file(autojump_clock: MockClock) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_a_rejected_file_that_is_gone_is_removed(autojump_clock: MockClock) -> None:
+    from orrad.errors import ConfigError, ConfigErrors
+
+    async with trio.open_nursery() as nursery:
+        manager = await start_all(nursery)
+        bad = ConfigErrors([ConfigError("bad", path="bad.yaml", line=1, col=1)])
+        off = ConfigErrors([ConfigError("bad", path="off.yaml", line=1, col=1)])
+        await manager.apply({"a.yaml": config("a")}, {"bad.yaml": bad, "off.yaml": off})
+        assert manager.rejected_files() == ["bad.yaml", "off.yaml"]
+        # bad.yaml deleted; off.yaml fixed but disabled: no longer rejected, nothing removed
+        disabled = msgspec.structs.replace(config("off"), enabled=False)
+        results = await manager.apply({"a.yaml": config("a"), "off.yaml": disabled}, {})
+        assert {r.file: r.result for r in results} == {
+            "a.yaml": "unchanged", "bad.yaml": "removed", "off.yaml": "unchanged"}
+        assert manager.rejected_files() == []
+        assert {s.file for s in manager.statuses()} == {"a.yaml"}
+        results = await manager.apply({"a.yaml": config("a"), "off.yaml": disabled}, {})
+        assert {r.file: r.result for r in results} == {"a.yaml": "unchanged",
+                                                       "off.yaml": "unchanged"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_nothing_starts_once_stop_all_began(autojump_clock: MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        manager = await start_all(nursery)
+        await manager.apply({"a.yaml": config("a")}, {})
+        await manager.stop_all()
+        assert await manager.apply({"a.yaml": config("a"), "b.yaml": config("b")}, {}) == []
+        assert "b.yaml" not in manager.runners
+        nursery.cancel_scope.cancel()
+
+
 async def test_stdin_at_end_of_input_is_completed_not_restarted(tmp_path: Any) -> None:
     import io
     import os
