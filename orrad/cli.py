@@ -218,46 +218,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _api_settings_only(path: str | None) -> DaemonConfig:
-    """The daemon file's ``api`` keys alone, for the client commands.
-
-    An operator's shell often lacks the service's secrets (provider keys live in the unit's
-    environment or credentials): ``orrad status`` must not need them. Only ``api.listen``
-    and ``api.token`` are expanded.
-    """
-    from orrad.config import ApiConfig, expand
-    from orrad.config.yamlpos import load_yaml_file, unwrap
-
-    defaults = load_daemon_config(None)
-    if path is None:
-        return defaults
-    # Bounded like every configuration read (regular file, size, nesting, time).
-    doc, errors = load_yaml_file(path)
-    if doc.data is None and errors:
-        raise ConfigError(f"cannot read the daemon file: {errors[0].message}", path=path)
-    raw = unwrap(doc.data)
-    api = raw.get("api") if isinstance(raw, dict) else None
-    api = api if isinstance(api, dict) else {}
-    base_dir = os.path.dirname(os.path.abspath(path))
-    values = {}
-    for key, default in (("listen", defaults.api.listen), ("token", defaults.api.token)):
-        value = api.get(key, default)
-        try:
-            values[key] = expand(str(value), environ=os.environ, base_dir=base_dir)
-        except ValueError as exc:
-            raise ConfigError(f"api.{key}: {exc}", path=path) from None
-    return msgspec.structs.replace(defaults, api=ApiConfig(**values))
-
-
 def _client_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import orrad.client as client
+        from orrad.reach import client_config
 
-        path = find_config_file(args.config)
-        try:
-            config = load_daemon_config(path)
-        except ConfigErrors:
-            config = _api_settings_only(path)
+        config = client_config(find_config_file(args.config))
         handler: Callable[[argparse.Namespace, DaemonConfig], int] = getattr(client, f"cmd_{name}")
         return handler(args, config)
 

@@ -91,8 +91,9 @@ def cmd_reload(args: argparse.Namespace, config: DaemonConfig) -> int:
     rejected = False
     for item in result.get("files", []):
         line = f"{item['result']:<10} {item['file']}"
-        if item.get("error"):
-            line += f"\n  {item['error']}"
+        for extra in (item.get("error"), item.get("note")):
+            if extra:
+                line += f"\n  {extra}"
         rejected = rejected or item["result"] == "rejected"
         print(line)
     return EXIT_CONFIG if rejected else EXIT_OK

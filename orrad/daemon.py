@@ -64,6 +64,7 @@ from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import HTTPClient, make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
 from orrad.state import Database, Ledger, SqliteSessionStore
+from orrad.state.address import clear_api_address, record_api_address
 from orrad.supervisor import ChannelManager, ChannelState, ChannelStatus, FileResult
 from orrad.systemd import Notifier
 from orrad.version import __version__
@@ -400,13 +401,15 @@ class Daemon:
             for error in errors:
                 log.error("%s (daemon file not reloaded)", error)
             return FileResult(shown, "rejected", "\n".join(str(e) for e in errors))
-        for key in RESTART_KEYS:
-            if getattr(fresh, key) != getattr(self.config, key):
-                log.warning("daemon file: %s changed; it takes effect after a restart", key)
+        pending = [key for key in RESTART_KEYS if getattr(fresh, key) != getattr(self.config, key)]
+        for key in pending:
+            log.warning("daemon file: %s changed; it takes effect after a restart", key)
+        note = (f"{', '.join(pending)} changed: only a restart applies "
+                f"{'it' if len(pending) == 1 else 'them'}") if pending else None
         live = {k: getattr(self.config, k) for k in RESTART_KEYS}
         fresh = msgspec.structs.replace(fresh, **live)
         if fresh == self.config:
-            return FileResult(shown, "unchanged")
+            return FileResult(shown, "unchanged", note=note)
         try:
             # Tokenizer files may be read for the first time: off the event loop too.
             agents = await trio.to_thread.run_sync(lambda: build_agents(
@@ -417,7 +420,7 @@ class Daemon:
         self.router.agents = agents
         self.config = fresh
         log.info("daemon file %s: reloaded", shown)
-        return FileResult(shown, "reloaded")
+        return FileResult(shown, "reloaded", note=note)
 
     async def run(self) -> None:
         """Run until stopped; signals are watched for the daemon's whole life.
@@ -497,6 +500,9 @@ class Daemon:
                         f"cannot listen on api.listen {self.config.api.listen}: {exc.strerror}"
                     ) from None
                 log.info("daemon API listening on %s:%d", *self.api_address)
+                state_dir, (host, port) = self.config.state_dir, self.api_address
+                await trio.to_thread.run_sync(record_api_address, state_dir, host, port)
+                nursery.start_soon(self._clear_api_address_at_exit)
             with self._stoppable():  # SIGTERM while the files are read: stop now
                 await self._load_channels()
             nursery.start_soon(self._stop_when_input_ends)
@@ -516,6 +522,13 @@ class Daemon:
             self.notifier.stopping()
             await self._shutdown(api_server)
             nursery.cancel_scope.cancel()
+
+    async def _clear_api_address_at_exit(self) -> None:
+        """Remove the API address record when the daemon stops (cancelled at its end)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            clear_api_address(self.config.state_dir)  # one small unlink: fine on the loop
 
     async def _shutdown(self, api_server: HTTPServer | None) -> None:
         """Stop intake, then give in-flight messages the grace period to be answered."""

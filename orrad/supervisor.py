@@ -91,9 +91,11 @@ class FileResult:
     # gone) | reloaded (the daemon file)
     result: str
     error: str | None = None
+    note: str | None = None  # what else the operator should know (a key needing a restart)
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "result": self.result, "error": self.error}
+        body = {"file": self.file, "result": self.result, "error": self.error}
+        return body if self.note is None else {**body, "note": self.note}
 
 
 def full_jitter(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
