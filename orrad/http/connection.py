@@ -47,13 +47,14 @@ _NO_LENGTH = frozenset({204, 304})  # RFC 9110 §8.6: no Content-Length on these
 _fixed_cache: tuple[int, bytes] = (0, b"")
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
+    """The client's address and its ``host:port`` for logs."""
     try:
         addr = stream.socket.getpeername()
     except OSError:
-        return "?"
+        return "?", "?"
     host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int:
@@ -106,6 +107,7 @@ class Shared:
         "in_flight",
         "limits",
         "name",
+        "per_host",
         "reap_at",
         "reap_scope",
         "route",
@@ -124,6 +126,7 @@ class Shared:
             raise ValueError(f"invalid server_header {server_header!r}") from None
         self.server_line = b"server: " + server_header.encode("ascii") + b"\r\n"
         self.connections: set[Connection] = set()
+        self.per_host: dict[str, int] = {}  # open connections by client address
         self.in_flight = 0
         self.stopping = False
         # When the reaper wakes next, and the scope it sleeps in, so that a connection whose
@@ -143,6 +146,46 @@ class Shared:
             _fixed_cache = (now, self._date_line(now))
         return self.server_line + _fixed_cache[1]
 
+    def admit(self, conn: Connection) -> bool:
+        """Register a new connection, making room for it if the server or its client's
+        address is at its limit; ``False`` (it must be refused) when no room can be made."""
+        limits, host = self.limits, conn.host
+        if self.per_host.get(host, 0) >= limits.max_connections_per_client:
+            victim = self._longest_waiting(host)
+            if victim is None:
+                return False
+            victim.evict()
+        if len(self.connections) >= limits.max_connections:
+            victim = self._longest_waiting(None)
+            if victim is None:
+                return False
+            victim.evict()
+        self.connections.add(conn)
+        self.per_host[host] = self.per_host.get(host, 0) + 1
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        """Unregister a connection (idempotent)."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+            left = self.per_host[conn.host] - 1
+            if left:
+                self.per_host[conn.host] = left
+            else:
+                del self.per_host[conn.host]
+
+    def _longest_waiting(self, host: str | None) -> Connection | None:
+        """The connection (of ``host``, or any) that has waited longest with no request in
+        progress: idle (new or kept alive) or with a request head still arriving. Only at
+        a limit, so a scan of the open connections is fine."""
+        victim: Connection | None = None
+        for conn in self.connections:
+            if conn.phase > HEAD or (host is not None and conn.host != host):
+                continue
+            if victim is None or conn.waiting_since < victim.waiting_since:
+                victim = conn
+        return victim
+
     def reschedule_reaper(self, deadline: float) -> None:
         self.reap_at = deadline
         if self.reap_scope is not None:
@@ -155,12 +198,15 @@ class Connection:
     __slots__ = (
         "client",
         "deadline",
+        "evicted",
         "expired",
         "h11",
+        "host",
         "phase",
         "scope",
         "shared",
         "stream",
+        "waiting_since",
     )
 
     def __init__(self, stream: trio.SocketStream, shared: Shared) -> None:
@@ -169,11 +215,22 @@ class Connection:
         self.h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=shared.limits.max_header_bytes
         )
-        self.client = _peer(stream)
+        self.host, self.client = _peer(stream)
         self.scope = trio.CancelScope()
         self.phase = IDLE
+        # Since when no request has been in progress (accept, or the last response sent).
+        self.waiting_since = trio.current_time()
         self.deadline = inf
         self.expired = False  # set by the reaper when it cancels us for a passed deadline
+        self.evicted = False  # closed to make room for a newcomer (see Shared.admit)
+
+    def evict(self) -> None:
+        """Close this waiting connection to make room: unregistered at once, so its slot is
+        free before its task even runs again; nothing is answered (nothing was asked, or
+        the head has been dribbling in for longer than any other's)."""
+        self.evicted = True
+        self.shared.forget(self)
+        self.scope.cancel()
 
     def _arm(self, deadline: float) -> None:
         """Publish the current phase's deadline for the reaper."""
@@ -187,7 +244,7 @@ class Connection:
         try:
             with self.scope:
                 await self._serve()
-            if self.scope.cancel_called and self.phase in (HEAD, BODY):
+            if self.scope.cancel_called and self.phase in (HEAD, BODY) and not self.evicted:
                 # Part of a request arrived: tell the client why we give up on it.
                 if self.expired:
                     what = "request head" if self.phase == HEAD else "request body"
@@ -200,7 +257,7 @@ class Connection:
         except Exception:
             logger.exception("%s: connection from %s failed", shared.name, self.client)
         finally:
-            shared.connections.discard(self)
+            shared.forget(self)
             await trio.aclose_forcefully(self.stream)
 
     async def _serve(self) -> None:
@@ -410,6 +467,7 @@ class Connection:
             return False
         h.start_next_cycle()
         self.phase = IDLE
+        self.waiting_since = now
         self._arm(now + shared.limits.keepalive_timeout_s)
         return True
 

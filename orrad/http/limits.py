@@ -27,7 +27,14 @@ class ServerLimits:
     """Idle time allowed between requests on a kept-alive connection (counted from when the
     previous response began to be sent)."""
     max_connections: int = 1024
-    """Open connections; beyond it, new ones get 503 ``unavailable`` and are closed."""
+    """Open connections. A newcomer beyond it takes the place of the connection that has
+    waited longest without a request in progress (an idle keep-alive, or a request head
+    still arriving); only when every connection is busy with a request does it get 503
+    ``unavailable``."""
+    max_connections_per_client: int = 256
+    """Open connections from one client address; beyond it, the newcomer takes the place
+    of that address's longest-waiting connection the same way (or gets 503), so one
+    address cannot hold every slot (slowloris, hoarded keep-alives)."""
     max_requests_per_connection: int = 1000
     """The response to the last allowed request carries ``Connection: close``."""
     discard_timeout_s: float = 2.0

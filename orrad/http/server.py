@@ -161,7 +161,6 @@ class HTTPServer:
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         shared = self._shared
-        limit = self._limits.max_connections
         while True:
             try:
                 stream = await listener.accept()
@@ -173,17 +172,16 @@ class HTTPServer:
                 logger.warning("%s: accept failed (%s); retrying shortly", self._name, exc)
                 await trio.sleep(0.1)
                 continue
-            if len(shared.connections) >= limit:
+            # trio's SocketStream has already set TCP_NODELAY. The connection is registered
+            # before its task starts, so a burst of accepts cannot overshoot the limits.
+            conn = Connection(stream, shared)
+            if not shared.admit(conn):
                 if self._refusing < _MAX_REFUSING:
                     self._refusing += 1
                     nursery.start_soon(self._refuse, stream)
                 else:
                     stream.socket.close()
                 continue
-            # trio's SocketStream has already set TCP_NODELAY. The connection is registered
-            # before its task starts, so a burst of accepts cannot overshoot max_connections.
-            conn = Connection(stream, shared)
-            shared.connections.add(conn)
             nursery.start_soon(conn.run)
 
     async def _refuse(self, stream: trio.SocketStream) -> None:

@@ -361,13 +361,21 @@ async def test_idle_keepalive_connection_closed(
     assert 3 <= trio.current_time() - start_time < 3.5
 
 
-async def test_max_connections(nursery: trio.Nursery) -> None:
-    server, addr = await start(nursery, max_connections=1)
+async def test_max_connections_refuses_only_when_every_connection_is_busy(
+        nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def wait(req: Request) -> Response:
+        await release.wait()
+        return await echo(req)
+
+    router = make_router()
+    router.add("GET", "/wait", wait)
+    server, addr = await start(nursery, router, max_connections=1)
     first = await trio.open_tcp_stream(*addr)
-    client, data = request_bytes("GET", "/healthz")
+    client, data = request_bytes("GET", "/wait")
     await first.send_all(data)
-    response, _ = await read_response(first, client)
-    assert response.status_code == 200
+    await trio.testing.wait_all_tasks_blocked()  # its handler is running
 
     second = await trio.open_tcp_stream(*addr)
     client2, data = request_bytes("GET", "/healthz")
@@ -378,11 +386,29 @@ async def test_max_connections(nursery: trio.Nursery) -> None:
     assert header(response, "connection") == "close"
     assert await read_to_eof(second) == b""
 
+    release.set()
+    response, _ = await read_response(first, client)
+    assert response.status_code == 200
     await first.aclose()
     await trio.testing.wait_all_tasks_blocked()
     assert server.active_connections == 0
     async with httpx.AsyncClient() as http:
         assert (await http.get(url(addr, "/healthz"))).status_code == 200
+
+
+async def test_a_newcomer_takes_the_place_of_an_idle_keep_alive(nursery: trio.Nursery) -> None:
+    server, addr = await start(nursery, max_connections=1)
+    first = await trio.open_tcp_stream(*addr)
+    client, data = request_bytes("GET", "/healthz")
+    await first.send_all(data)
+    response, _ = await read_response(first, client)
+    assert response.status_code == 200  # and now idle, kept alive
+
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url(addr, "/healthz"))).status_code == 200
+    assert await read_to_eof(first) == b""  # closed to make room, without an answer
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.active_connections == 0
 
 
 # -- body limits ------------------------------------------------------------------------------
