@@ -25,6 +25,7 @@ from orrad.config import (
 )
 from orrad.config.files import read_regular_file
 from orrad.errors import ConfigError, ConfigErrors, InvalidNamespace, OrradError, StoreError
+from orrad.init import cmd_init
 from orrad.logs import setup_logging
 from orrad.model import Message, Namespace
 from orrad.version import __version__
@@ -68,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("namespace", metavar="NS")
     p.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("version", help="print the version")
+    p = sub.add_parser("init", help="write a commented orrad.yaml and channels.d/ to start from",
+                       description="write a commented orrad.yaml and channels.d/ to start from")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=".", help="folder (default: .)")
+    p.add_argument("--provider", choices=["openai", "anthropic", "ollama"],
+                   help="a real model provider (default: the built-in echo agent)")
+    p.add_argument("--model", metavar="M", help="the provider's model")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
     return parser
 
 
@@ -239,6 +247,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": _client_command("status"),
     "reload": _client_command("reload"),
     "send": _client_command("send"),
+    "init": cmd_init,
 }
 
 
