@@ -36,7 +36,7 @@ from typing import Any
 import h11
 import trio
 
-__all__ = ["Stats", "Target", "main", "percentile", "run"]
+__all__ = ["ExchangeError", "Stats", "Target", "exchange", "main", "percentile", "run"]
 
 MAX_ERROR_SAMPLES = 5
 RECONNECT_PAUSE_S = 0.05
@@ -184,25 +184,7 @@ class _Worker:
     async def _exchange(self, stream: trio.SocketStream, conn: h11.Connection,
                         body: bytes) -> tuple[int, bytes]:
         """Send one request; return the response's status and body."""
-        headers = [*self.base_headers, ("content-length", str(len(body)))]
-        out = conn.send(h11.Request(method="POST", target=self.target.path, headers=headers))
-        out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
-        out += conn.send(h11.EndOfMessage()) or b""
-        await stream.send_all(out)
-        status = 0
-        answer = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(READ_SIZE))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                answer += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return status, bytes(answer)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ExchangeError("connection closed before the response ended")
+        return await exchange(stream, conn, self.target.path, self.base_headers, body)
 
     def _in_window(self, now: float) -> bool:
         return self.start <= now <= self.end
@@ -226,6 +208,31 @@ class _Worker:
             self.stats.error(what)
         elif now < self.start:
             self.stats.warmup_errors += 1
+
+
+async def exchange(stream: trio.SocketStream, conn: h11.Connection, path: str,
+                   headers: list[tuple[str, str]], body: bytes) -> tuple[int, bytes]:
+    """``POST path`` with ``body`` on a keep-alive connection; the response's status and
+    body. The caller calls ``conn.start_next_cycle()`` (when both sides are ``DONE``)."""
+    head = [*headers, ("content-length", str(len(body)))]
+    out = conn.send(h11.Request(method="POST", target=path, headers=head))
+    out = (out or b"") + (conn.send(h11.Data(data=body)) or b"")
+    out += conn.send(h11.EndOfMessage()) or b""
+    await stream.send_all(out)
+    status = 0
+    answer = bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(READ_SIZE))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            answer += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return status, bytes(answer)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ExchangeError("connection closed before the response ended")
 
 
 def _answered_id(answer: bytes) -> object:

@@ -14,11 +14,20 @@ generator saturates near 4,000–6,000 req/s and would hide the ceiling), else b
     provider and the SQLite store in a temporary ``state_dir``, at the same concurrency.
     Every request has a unique ``id``, so orrad claims it in its inbox, runs the agent,
     stores the session and the reply every time; requests are spread over 64 namespaces.
+``orrad_webhook_echo_wide``
+    The echo daemon again at the OpenAI scenario's concurrency and namespaces (256, with
+    ``routing.max_concurrency: 256``): orrad's own ceiling at that width, without a provider
+    call (``--no-echo-wide`` skips it).
 ``orrad_webhook_openai_100ms``
     The same channel with an ``openai`` provider pointing at a fake OpenAI server that
     answers after 100 ms, ``routing.max_concurrency: 256``, 256 concurrent clients over 256
     namespaces. The ideal is 256 / 0.1 s = 2560 requests/s; ``ratio_to_ideal`` says how much
     of it orrad reaches.
+
+The ratios of issue 12 come out of the same run: ``ratio_orrad_to_bare`` (echo ÷ bare
+req/s, both at ``--concurrency``), ``p99_ratio_orrad_to_bare`` (echo p99 ÷ bare p99) and
+``slow_provider_ratio`` (OpenAI req/s ÷ min(ideal, ``orrad_webhook_echo_wide`` req/s); with
+``--no-echo-wide``, ÷ the ideal).
 
 Usage (from the repository root, in the project's venv)::
 
@@ -56,18 +65,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import h11
+import trio
+
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench import wrk
+from tests.bench import loadgen, wrk
 
-__all__ = ["Options", "main", "run_benchmark"]
+__all__ = ["Options", "main", "orrad_daemon", "post_each", "run_benchmark"]
 
 log = logging.getLogger("bench.webhook")
 
@@ -93,6 +105,8 @@ class Options:
     timeout_s: float = 10.0
     loadgen: str = "auto"
     """``wrk``, ``python`` (:mod:`tests.bench.loadgen`) or ``auto`` (wrk when installed)."""
+    echo_wide: bool = True
+    """Also run the echo daemon at the OpenAI scenario's width (``orrad_webhook_echo_wide``)."""
     workdir: Path | None = None
     """Keep configs, state and logs here (default: a temporary folder, removed afterwards)."""
 
@@ -277,6 +291,63 @@ def load(port: int, opts: Options, *, concurrency: int, namespaces: int, path: s
     return summary
 
 
+async def post_each(port: int, token: str, namespaces: Sequence[str], *, tag: str,
+                    concurrency: int = 8, timeout_s: float = 10.0) -> int:
+    """POST one webhook message per entry of ``namespaces`` (in order, ``concurrency``
+    keep-alive connections, each message with a unique id) and wait for every answer; how
+    many were not a 200 with the message's id.
+
+    Unlike :func:`load` this sends an exact number of requests: for creating a daemon's
+    sessions through its webhook, or giving each session its first (unmeasured) turn. The
+    client is :func:`tests.bench.loadgen.exchange` (h11 on trio, far lighter than httpx).
+    """
+    headers = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json"),
+               ("authorization", f"Bearer {token}")]
+    todo = iter(enumerate(namespaces))
+    failures = 0
+
+    async def worker() -> None:
+        nonlocal failures
+        stream: trio.SocketStream | None = None
+        conn = h11.Connection(h11.CLIENT)
+        try:
+            for i, namespace in todo:  # shared iterator: requests go out in order
+                request_id = f"{tag}-{i}"
+                body = json.dumps({"message": f"{tag} {i}", "namespace": namespace,
+                                   "id": request_id}).encode()
+                try:
+                    with trio.fail_after(timeout_s):
+                        if stream is None:
+                            stream = await trio.open_tcp_stream("127.0.0.1", port)
+                            conn = h11.Connection(h11.CLIENT)
+                        status, answer = await loadgen.exchange(
+                            stream, conn, WEBHOOK_PATH, headers, body)
+                except (OSError, trio.BrokenResourceError, trio.TooSlowError,
+                        h11.ProtocolError, loadgen.ExchangeError) as exc:
+                    failures += 1
+                    log.debug("%s request %d failed: %r", tag, i, exc)
+                    if stream is not None:
+                        await trio.aclose_forcefully(stream)
+                    stream = None
+                    continue
+                if status != 200 or request_id.encode() not in answer:
+                    failures += 1
+                    log.debug("%s request %d: HTTP %d %r", tag, i, status, answer[:200])
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                else:
+                    await trio.aclose_forcefully(stream)
+                    stream = None
+        finally:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, min(concurrency, len(namespaces)))):
+            nursery.start_soon(worker)
+    return failures
+
+
 # -- scenarios -----------------------------------------------------------------------------
 
 
@@ -330,11 +401,19 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def orrad_daemon(name: str, workdir: Path, daemon_extra: str = "") -> Iterator[Daemon]:
-    """A real ``orrad run`` with one webhook channel, stopped (SIGTERM) on exit."""
+def orrad_daemon(name: str, workdir: Path, daemon_extra: str = "",
+                 before_start: Callable[[Path], None] | None = None) -> Iterator[Daemon]:
+    """A real ``orrad run`` with one webhook channel, stopped (SIGTERM) on exit.
+
+    ``before_start(state_dir)`` runs once the configuration is written and before the
+    daemon starts (to seed its state database, say). The channel's namespaces are
+    ``webhook:hooks:<namespace of the request>``.
+    """
     root = workdir / name
     daemon = Daemon(free_port(), secrets.token_urlsafe(24))
     config = _write_orrad(root, daemon.port, daemon.token, daemon_extra)
+    if before_start is not None:
+        before_start(root / "state")
     argv = [sys.executable, "-m", "orrad", "run", "-c", str(config)]
     with spawn(name, argv, workdir, _child_env()) as child:
         wait_until(child, port_open(daemon.port), "webhook port")
@@ -354,6 +433,16 @@ def bench_orrad_echo(opts: Options, workdir: Path) -> dict[str, Any]:
                       tag="echo", servers=daemon.processes)
     return {**result, "concurrency": opts.concurrency, "namespaces": ECHO_NAMESPACES,
             "daemon_exit_code": daemon.exit_code}
+
+
+def bench_orrad_echo_wide(opts: Options, workdir: Path) -> dict[str, Any]:
+    """The echo daemon at the OpenAI scenario's width: orrad's ceiling without a provider."""
+    n = opts.openai_concurrency
+    extra = f"routing:\n  max_concurrency: {n}\n"
+    with orrad_daemon("orrad_webhook_echo_wide", workdir, extra) as daemon:
+        result = load(daemon.port, opts, concurrency=n, namespaces=n, path=WEBHOOK_PATH,
+                      token=daemon.token, tag="echo-wide", servers=daemon.processes)
+    return {**result, "concurrency": n, "namespaces": n, "daemon_exit_code": daemon.exit_code}
 
 
 def bench_orrad_openai(opts: Options, workdir: Path) -> dict[str, Any]:
@@ -411,8 +500,29 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _ratio(top: object, bottom: object) -> float | None:
+    """``top / bottom`` rounded, or ``None`` when either is missing or zero."""
+    if not isinstance(top, int | float) or not isinstance(bottom, int | float) or not bottom:
+        return None
+    return round(top / bottom, 3)
+
+
+def add_ratios(report: dict[str, Any]) -> None:
+    """Put issue 12's webhook ratios into ``report`` (``None`` where a scenario failed)."""
+    bare, echo = report.get("bare_h11", {}), report.get("orrad_webhook_echo", {})
+    report["ratio_orrad_to_bare"] = _ratio(echo.get("rps"), bare.get("rps"))
+    report["p99_ratio_orrad_to_bare"] = _ratio(echo.get("p99_ms"), bare.get("p99_ms"))
+    openai = report.get("orrad_webhook_openai_100ms", {})
+    ceiling = openai.get("ideal_rps")
+    if "orrad_webhook_echo_wide" in report:
+        wide = report["orrad_webhook_echo_wide"].get("rps")
+        ceiling = min(ceiling, wide) if ceiling and wide else None
+    report["slow_provider_ceiling_rps"] = ceiling
+    report["slow_provider_ratio"] = _ratio(openai.get("rps"), ceiling)
+
+
 def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
-    """Run the three scenarios; returns the report and whether all of them ran."""
+    """Run the scenarios; returns the report and whether all of them ran."""
     report: dict[str, Any] = {
         "machine": machine_info(), "concurrency": opts.concurrency,
         "duration_s": opts.duration_s, "warmup_s": opts.warmup_s,
@@ -421,6 +531,7 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
     scenarios: list[tuple[str, Callable[[Options, Path], dict[str, Any]]]] = [
         ("bare_h11", bench_bare),
         ("orrad_webhook_echo", bench_orrad_echo),
+        *([("orrad_webhook_echo_wide", bench_orrad_echo_wide)] if opts.echo_wide else []),
         ("orrad_webhook_openai_100ms", bench_orrad_openai),
     ]
     with contextlib.ExitStack() as stack:
@@ -438,9 +549,7 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
                 log.error("%s failed: %s", key, exc)
                 report[key] = {"error": str(exc)}
                 ok = False
-            if key == "orrad_webhook_echo":
-                bare, echo = report["bare_h11"].get("rps"), report[key].get("rps")
-                report["ratio_orrad_to_bare"] = round(echo / bare, 3) if bare and echo else None
+    add_ratios(report)
     return report, ok
 
 
@@ -467,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator: wrk, the Python one, or wrk when installed "
                              "(default auto)")
+    parser.add_argument("--no-echo-wide", dest="echo_wide", action="store_false",
+                        help="skip the echo daemon at the OpenAI scenario's width")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="a new folder to keep configs, state and logs in (default: a "
                              "temporary folder, removed afterwards)")
@@ -480,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(duration_s=args.duration, warmup_s=args.warmup,
                    concurrency=args.concurrency, openai_concurrency=args.openai_concurrency,
                    openai_delay_s=args.openai_delay, timeout_s=args.timeout,
-                   loadgen=args.loadgen, workdir=args.workdir)
+                   loadgen=args.loadgen, echo_wide=args.echo_wide, workdir=args.workdir)
     try:
         report, ok = run_benchmark(opts)
     except KeyboardInterrupt:
