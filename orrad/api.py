@@ -22,7 +22,7 @@ from orrad.config.agents import BadAgentChoice, requested_agent
 from orrad.delivery import Reply, reply_body, status_for_code
 from orrad.errors import DaemonStopping, InvalidNamespace, StoreError
 from orrad.http import HTTPError, Request, Response, Router, json_response
-from orrad.metrics import METRICS
+from orrad.metrics import CONTENT_TYPE, Metrics
 from orrad.model import InboundMessage, Message, Namespace, OutboundMessage
 from orrad.runtime.sessions import SessionStore
 
@@ -72,7 +72,10 @@ class DaemonView(Protocol):
         """Wait for the namespace's run in progress, and keep new ones out meanwhile."""
         ...
 
-    def gauge_lines(self) -> list[str]: ...
+    @property
+    def metrics(self) -> Metrics:
+        """The daemon's instruments (its registry includes the live states)."""
+        ...
 
 
 class MessageRequest(msgspec.Struct):
@@ -209,9 +212,7 @@ def build_api_router(daemon: DaemonView) -> Router:
         return json_response(200, {"namespace": namespace.key, "deleted": True})
 
     async def metrics(request: Request) -> Response:
-        text = METRICS.render(daemon.gauge_lines())
-        return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                        text.encode())
+        return Response(200, [("content-type", CONTENT_TYPE)], daemon.metrics.exposition())
 
     router.add("GET", "/healthz", healthz)
     router.add("HEAD", "/healthz", healthz)

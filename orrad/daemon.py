@@ -23,7 +23,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import FrameType
@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 import trio
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from orrad.agents import build_agents
 from orrad.api import build_api_router
@@ -57,9 +59,16 @@ from orrad.errors import (
     StoreError,
 )
 from orrad.http import HTTPServer
+from orrad.metrics import (
+    Metrics,
+    channel_up_family,
+    in_flight_family,
+    peer_queue_family,
+    peer_up_family,
+)
 from orrad.model import InboundMessage, Namespace
 from orrad.peering import Federation
-from orrad.router import Discard, Router
+from orrad.router import AgentSet, Discard, Router
 from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import HTTPClient, make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
@@ -168,6 +177,10 @@ class Daemon:
         # Loads (and waits) that a stop request cancels; see _stoppable().
         self._stoppable_scopes: set[trio.CancelScope] = set()
         self._reload_requested = trio.Event()
+        # This daemon's instruments, handed to every part it builds; the states are read
+        # from the live daemon at each scrape.
+        self.metrics = Metrics()
+        self.metrics.register(_StateCollector(self))
 
     # -- the view the API uses (orrad.api.DaemonView) ----------------------------------
 
@@ -239,18 +252,23 @@ class Daemon:
         problems = f"; {rejected} channel file(s) rejected" if rejected else ""
         return f"channels: {channels}{problems}; {pending} message(s) in flight"
 
-    def gauge_lines(self) -> list[str]:
-        lines = ["# HELP orrad_channel_up 1 when the channel is running",
-                 "# TYPE orrad_channel_up gauge"]
+    def gauge_families(self) -> list[Metric]:
+        """Channel, message and peer states now (``/metrics`` reads them at each scrape)."""
+        channels = channel_up_family()
         for s in self.channel_statuses():
-            up = 1 if s.state is ChannelState.RUNNING else 0
-            lines.append(f'orrad_channel_up{{channel="{s.name}",state="{s.state}"}} {up}')
-        lines += ["# HELP orrad_messages_in_flight Messages accepted and not yet answered",
-                  "# TYPE orrad_messages_in_flight gauge",
-                  f"orrad_messages_in_flight {self.router.pending if self.router else 0}"]
+            channels.add_metric([s.name, str(s.state)],
+                                1 if s.state is ChannelState.RUNNING else 0)
+        families: list[Metric] = [
+            channels, in_flight_family(self.router.pending if self.router else 0)]
         if self.federation is not None:
-            lines += self.federation.gauge_lines()
-        return lines
+            families += self.federation.gauge_families()
+        return families
+
+    def _count_into_metrics(self, agents: AgentSet) -> AgentSet:
+        """``agents`` with their runtimes counting into this daemon's metrics."""
+        for runtime in agents.runtimes.values():
+            runtime.metrics = self.metrics
+        return agents
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -293,7 +311,8 @@ class Daemon:
         return ChannelContext(config.name, self.config, self.db, self.config.instance,
                               agents=lambda: list(self.config.agents),
                               http=self._channel_client,
-                              keeps_running=lambda: self._keeps_running_without(config))
+                              keeps_running=lambda: self._keeps_running_without(config),
+                              metrics=self.metrics)
 
     def _keeps_running_without(self, config: ChannelConfig) -> bool:
         """Whether the daemon goes on once the channel of ``config`` has finished."""
@@ -417,7 +436,7 @@ class Daemon:
         except OrradError as exc:
             log.error("%s (daemon file not reloaded)", exc)
             return FileResult(shown, "rejected", f"{shown}: {exc}")
-        self.router.agents = agents
+        self.router.agents = self._count_into_metrics(agents)
         self.config = fresh
         log.info("daemon file %s: reloaded", shown)
         return FileResult(shown, "reloaded", note=note)
@@ -459,19 +478,20 @@ class Daemon:
             await self._serve(client)
 
     async def _serve(self, client: HTTPClient) -> None:
-        agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
-                              locks=self.locks)
+        agents = self._count_into_metrics(build_agents(
+            self.config, store=self.store, tools=self.tools, client=client, locks=self.locks))
         async with contextlib.AsyncExitStack() as stack:
             federation: Federation | None = None
             if self.config.federation is not None:
                 http = await stack.enter_async_context(Federation.http_client())
                 federation = self.federation = Federation(
                     self.config, self.config.federation, store=self.store,
-                    current_config=lambda: self.config, http=http)
+                    current_config=lambda: self.config, http=http, metrics=self.metrics)
             self.router = Router(agents, ledger=self.ledger,
                                  max_concurrency=self.config.routing.max_concurrency,
                                  rerun_interrupted=self.config.routing.rerun_interrupted,
-                                 relayer=federation, instance=self.config.instance)
+                                 relayer=federation, instance=self.config.instance,
+                                 metrics=self.metrics)
             if federation is not None:
                 federation.router = self.router
             await self._serve_with(federation)
@@ -480,7 +500,7 @@ class Daemon:
         assert self.router is not None
         # The supervisor hands every started channel to the router's pump.
         self.manager = ChannelManager(self.router.intake, self.registry.create,
-                                      self._make_context)
+                                      self._make_context, metrics=self.metrics)
         api_server: HTTPServer | None = None
         async with trio.open_nursery() as nursery:
             await nursery.start(self.router.serve)
@@ -606,6 +626,20 @@ class Daemon:
             else:
                 log.info("%s: stopping", signal.Signals(signum).name)
                 self.request_stop()
+
+
+class _StateCollector(Collector):
+    """The daemon's states as gauges, read at scrape time (nothing is stored)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def collect(self) -> Iterable[Metric]:
+        return self._daemon.gauge_families()
+
+    def describe(self) -> Iterable[Metric]:
+        # The names, so the registry refuses an instrument that would clash with them.
+        return [channel_up_family(), in_flight_family(), peer_up_family(), peer_queue_family()]
 
 
 async def _stop_within(stop: Callable[[], Awaitable[None]], grace_s: float) -> None:

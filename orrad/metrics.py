@@ -1,125 +1,119 @@
-"""Counters and histograms rendered in the Prometheus text format (``GET /metrics``).
+"""orrad's Prometheus instruments (``GET /metrics``), on the ``prometheus_client`` library.
 
-One process-wide registry, :data:`METRICS`: instruments are cheap dict updates on the event
-loop, so no locking is needed.
+A :class:`Metrics` holds its own :class:`~prometheus_client.CollectorRegistry` (never the
+library's process-wide default): the daemon makes one and hands it to the router, the
+channel manager, the federation, the agent runtimes and the channels, so two daemons in one
+process (or two tests) never share counts. A component built without one gets a fresh,
+private :class:`Metrics`.
+
+Counters and histograms are updated where things happen. States (channel up, messages in
+flight, peers) are not stored: the daemon registers a collector that reads them at scrape
+time, built from the gauge families below. Label values are escaped by the library, so any
+channel name (a rejected file ``x"y.yaml`` included) renders valid exposition.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["METRICS", "Counter", "Histogram", "Registry"]
+__all__ = [
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "Metrics",
+    "channel_up_family",
+    "in_flight_family",
+    "peer_queue_family",
+    "peer_up_family",
+]
 
-LabelValues = tuple[str, ...]
+# The exposition's content type (what prometheus_client's generate_latest writes).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class Metrics:
+    """One daemon's instruments and the registry that exposes them."""
 
-
-def _labels(names: tuple[str, ...], values: LabelValues, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, labels
-        self.values: dict[LabelValues, float] = {}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def get(self, *labels: str) -> float:
-        return self.values.get(labels, 0.0)
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_labels(self.label_names, labels)} {_number(value)}"
-
-
-class Histogram:
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
-        self.series: dict[LabelValues, tuple[list[int], list[float]]] = {}
-
-    def observe(self, value: float, *labels: str) -> None:
-        counts, totals = self.series.setdefault(labels, ([0] * (len(self.buckets) + 1), [0.0]))
-        counts[bisect.bisect_left(self.buckets, value)] += 1
-        totals[0] += value
-
-    def count(self, *labels: str) -> int:
-        series = self.series.get(labels)
-        return sum(series[0]) if series else 0
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        for labels, (counts, totals) in sorted(self.series.items()):
-            cumulative = 0
-            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
-                cumulative += count
-                le = "+Inf" if bound == float("inf") else _number(bound)
-                series_labels = _labels(self.label_names, labels, 'le="' + le + '"')
-                yield f"{self.name}_bucket{series_labels} {cumulative}"
-            yield f"{self.name}_sum{_labels(self.label_names, labels)} {_number(totals[0])}"
-            yield f"{self.name}_count{_labels(self.label_names, labels)} {cumulative}"
-
-
-class Registry:
     def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
         self.messages_in = Counter("orrad_messages_received_total",
-                                   "Messages received, per channel", ("channel",))
+                                   "Messages received, per channel", ("channel",),
+                                   registry=registry)
         self.messages_out = Counter("orrad_replies_sent_total",
                                     "Replies delivered, per channel and outcome",
-                                    ("channel", "outcome"))
+                                    ("channel", "outcome"), registry=registry)
         self.delivery_failures = Counter("orrad_reply_delivery_failures_total",
-                                         "Replies a channel failed to deliver", ("channel",))
+                                         "Replies a channel failed to deliver", ("channel",),
+                                         registry=registry)
         self.run_errors = Counter("orrad_run_errors_total", "Failed agent runs, per code",
-                                  ("code",))
+                                  ("code",), registry=registry)
         self.channel_restarts = Counter("orrad_channel_restarts_total",
-                                        "Supervisor restarts, per channel", ("channel",))
+                                        "Supervisor restarts, per channel", ("channel",),
+                                        registry=registry)
         self.run_latency = Histogram("orrad_run_duration_seconds",
-                                     "Agent run latency, per agent", ("agent",))
+                                     "Agent run latency, per agent", ("agent",),
+                                     buckets=LATENCY_BUCKETS, registry=registry)
         self.provider_latency = Histogram("orrad_provider_request_duration_seconds",
-                                          "Provider call latency", ("provider",))
+                                          "Provider call latency", ("provider",),
+                                          buckets=LATENCY_BUCKETS, registry=registry)
         self.provider_tokens = Counter("orrad_provider_tokens_total",
                                        "Tokens used, per provider and direction",
-                                       ("provider", "direction"))
+                                       ("provider", "direction"), registry=registry)
         self.provider_errors = Counter("orrad_provider_errors_total",
                                        "Provider calls that failed after retries",
-                                       ("provider",))
+                                       ("provider",), registry=registry)
         self.callback_failures = Counter("orrad_webhook_callback_failures_total",
                                          "Webhook callbacks abandoned after retries",
-                                         ("channel",))
+                                         ("channel",), registry=registry)
         self.federation_relays = Counter("orrad_federation_relays_total",
                                          "Messages relayed to peers, per peer and outcome",
-                                         ("peer", "outcome"))
+                                         ("peer", "outcome"), registry=registry)
         self.federation_received = Counter("orrad_federation_received_total",
                                            "Relays received from peers (each attempt)",
-                                           ("origin",))
+                                           ("origin",), registry=registry)
 
-    def instruments(self) -> list[Counter | Histogram]:
-        return [v for v in vars(self).values() if isinstance(v, Counter | Histogram)]
+    def register(self, collector: Collector) -> None:
+        """Add a collector whose metrics are read at each scrape."""
+        self.registry.register(collector)
 
-    def render(self, extra: Iterable[str] = ()) -> str:
-        lines: list[str] = []
-        for instrument in self.instruments():
-            lines.extend(instrument.render())
-        lines.extend(extra)
-        return "\n".join(lines) + "\n"
+    def exposition(self) -> bytes:
+        """Everything in the registry, in the Prometheus text format (:data:`CONTENT_TYPE`)."""
+        return _generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """The current value of one sample (``0`` when it was never recorded); for tests and
+        checks, not for a hot path (it collects the whole registry)."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
 
 
-METRICS = Registry()
+# -- the states read at scrape time ---------------------------------------------------------
+
+def channel_up_family() -> GaugeMetricFamily:
+    """``orrad_channel_up{channel, state}``: add one sample per channel (1 when running)."""
+    return GaugeMetricFamily("orrad_channel_up", "1 when the channel is running",
+                             labels=("channel", "state"))
+
+
+def in_flight_family(pending: int | None = None) -> GaugeMetricFamily:
+    """``orrad_messages_in_flight`` (no sample when ``pending`` is ``None``)."""
+    return GaugeMetricFamily("orrad_messages_in_flight",
+                             "Messages accepted and not yet answered", value=pending)
+
+
+def peer_up_family() -> GaugeMetricFamily:
+    """``orrad_peer_up{peer}``: add one sample per peer (1 when its breaker lets calls
+    through)."""
+    return GaugeMetricFamily("orrad_peer_up", "1 when the peer's circuit breaker is closed",
+                             labels=("peer",))
+
+
+def peer_queue_family() -> GaugeMetricFamily:
+    """``orrad_federation_queue_depth{peer}``: add one sample per peer."""
+    return GaugeMetricFamily("orrad_federation_queue_depth", "Messages waiting for a peer",
+                             labels=("peer",))

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import trio
+from prometheus_client.core import GaugeMetricFamily
 
 from orrad.config import DaemonConfig, FederationConfig, PeerConfig
 from orrad.delivery import Reply, status_for_code
@@ -44,7 +45,7 @@ from orrad.federation.wire import (
     WireUsage,
 )
 from orrad.http import HTTPServer
-from orrad.metrics import METRICS
+from orrad.metrics import Metrics, peer_queue_family, peer_up_family
 from orrad.model import (
     InboundMessage,
     Message,
@@ -100,8 +101,9 @@ class Federation:
 
     def __init__(self, config: DaemonConfig, federation: FederationConfig, *,
                  store: SessionStore, current_config: Callable[[], DaemonConfig],
-                 http: httpx.AsyncClient) -> None:
+                 http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.instance = config.instance
+        self.metrics = metrics if metrics is not None else Metrics()
         self.federation = federation
         self.version = __version__
         self.max_hops = federation.max_hops
@@ -150,7 +152,7 @@ class Federation:
             hops = hops_for_relay(inbound.hops, instance=self.instance, peer=peer,
                                   max_hops=self.max_hops)
         except LoopDetected as exc:
-            METRICS.federation_relays.inc(peer, "loop_detected")
+            self.metrics.federation_relays.labels(peer, "loop_detected").inc()
             log.warning("relay of %s to %s refused: %s", namespace, peer, exc.message)
             return OutboundError(namespace, exc.message, inbound.metadata, code=exc.code)
         metadata = {k: v for k, v in inbound.metadata.items() if k != "agent"}
@@ -164,23 +166,23 @@ class Federation:
                 response = await self.client.relay(peer, request)
             except PeerError as exc:
                 if not exc.unavailable:
-                    METRICS.federation_relays.inc(peer, exc.code)
+                    self.metrics.federation_relays.labels(peer, exc.code).inc()
                     log.warning("relay of %s to %s: %s", namespace, peer, exc.message)
                     return OutboundError(namespace, exc.message, inbound.metadata,
                                          code=exc.code)
                 if config.on_unavailable == "fail":
-                    METRICS.federation_relays.inc(peer, "unavailable")
+                    self.metrics.federation_relays.labels(peer, "unavailable").inc()
                     log.warning("relay of %s: %s", namespace, exc.message)
                     return OutboundError(namespace, exc.message, inbound.metadata,
                                          code="unavailable")
                 if config.on_unavailable == "local":
-                    METRICS.federation_relays.inc(peer, "local")
+                    self.metrics.federation_relays.labels(peer, "local").inc()
                     log.warning("relay of %s: %s; answering here (on_unavailable: local)",
                                 namespace, exc.message)
                     return None
                 waited = time.time() - received_at
                 if waited >= config.queue_ttl_s:
-                    METRICS.federation_relays.inc(peer, "expired")
+                    self.metrics.federation_relays.labels(peer, "expired").inc()
                     log.warning("relay of %s to %s expired after %.0fs in the queue",
                                 namespace, peer, waited)
                     return OutboundError(
@@ -195,7 +197,7 @@ class Federation:
                 await trio.sleep(min(delay, config.queue_ttl_s - waited))
                 delay = min(delay * 2, QUEUE_RETRY_MAX_S)
                 continue
-            METRICS.federation_relays.inc(peer, "ok")
+            self.metrics.federation_relays.labels(peer, "ok").inc()
             return OutboundMessage(
                 namespace, Message.assistant(response.message),
                 RunSummary(response.agent or "", response.usage.to_usage(),
@@ -218,7 +220,7 @@ class Federation:
         """Answer a verified relay through the pipeline (module docstring)."""
         router = self._router()
         namespace = Namespace.parse(request.namespace)
-        METRICS.federation_received.inc(request.origin)
+        self.metrics.federation_received.labels(request.origin).inc()
         source = _source(request.origin)
         with trio.move_on_after(RELAY_IN_TIMEOUT_S):
             metadata = {k: v for k, v in request.metadata.items() if k != "agent"}
@@ -340,17 +342,15 @@ class Federation:
             })
         return out
 
-    def gauge_lines(self) -> list[str]:
-        lines = ["# HELP orrad_peer_up 1 when the peer's circuit breaker is closed",
-                 "# TYPE orrad_peer_up gauge"]
+    def gauge_families(self) -> list[GaugeMetricFamily]:
+        """The peers' states now, for the daemon's scrape-time collector."""
+        up = peer_up_family()
         for peer in self.peer_status():
-            up = 1 if peer["state"] in ("up", "degraded") else 0
-            lines.append(f'orrad_peer_up{{peer="{peer["name"]}"}} {up}')
-        lines += ["# HELP orrad_federation_queue_depth Messages waiting for a peer",
-                  "# TYPE orrad_federation_queue_depth gauge"]
-        lines += [f'orrad_federation_queue_depth{{peer="{name}"}} {self.queue_depth(name)}'
-                  for name in self._peers]
-        return lines
+            up.add_metric([peer["name"]], 1 if peer["state"] in ("up", "degraded") else 0)
+        depth = peer_queue_family()
+        for name in self._peers:
+            depth.add_metric([name], self.queue_depth(name))
+        return [up, depth]
 
 
 class _Host:

@@ -51,7 +51,7 @@ from orrad.delivery import (
     stores_before_send,
 )
 from orrad.errors import ChannelSendError, OrradError, StoreError, UnknownAgent, UnsavedRun
-from orrad.metrics import METRICS
+from orrad.metrics import Metrics
 from orrad.model import (
     InboundMessage,
     Message,
@@ -250,10 +250,11 @@ class Router:
         max_pending: int = 10_000, rerun_interrupted: bool = True,
         redeliver_initial_s: float = REDELIVER_INITIAL_S,
         redeliver_max_s: float = REDELIVER_MAX_S, relayer: Relayer | None = None,
-        instance: str = "orrad",
+        instance: str = "orrad", metrics: Metrics | None = None,
     ) -> None:
         self.agents = agents
         self.ledger = ledger
+        self.metrics = metrics if metrics is not None else Metrics()
         self.relayer = relayer
         self.instance = instance
         self.rerun_interrupted = rerun_interrupted
@@ -347,7 +348,7 @@ class Router:
         try:
             await self._recover(src)
             while (inbound := await channel.receive()) is not None:
-                METRICS.messages_in.inc(source)
+                self.metrics.messages_in.labels(source).inc()
                 await self._intake(src, inbound, agent)
             await src.wait_idle()
         finally:
@@ -687,7 +688,7 @@ class Router:
                 try:
                     owner = self.relayer.owner(inbound.namespace, explicit)
                 except OrradError as exc:
-                    return _failed(inbound, exc)
+                    return _failed(inbound, exc, self.metrics)
                 if owner.peer is not None:
                     peer = owner.peer
                     try:
@@ -695,7 +696,7 @@ class Router:
                             peer, self._txn_id(job), inbound, owner.agent, job.received_at,
                             lambda: self._lane_queued(job, peer))
                     except Exception as exc:  # a bug in relaying must not kill the router
-                        return _failed(inbound, exc)
+                        return _failed(inbound, exc, self.metrics)
                     finally:
                         self._lane_unqueued(job)
                     if reply is not None:
@@ -760,7 +761,7 @@ class Router:
                     inbound.namespace, inbound.message,
                     run_id=None if job.ledger_id is None else str(job.ledger_id),
                     first_attempt=job.first_attempt)
-            METRICS.run_latency.observe(trio.current_time() - started, runtime.name)
+            self.metrics.run_latency.labels(runtime.name).observe(trio.current_time() - started)
         except UnsavedRun as exc:
             log.warning("run in %s answered but its session could not be saved: %s",
                         inbound.namespace, exc)
@@ -773,7 +774,7 @@ class Router:
             if isinstance(exc, StoreError):
                 job.store_broke = True
                 self._store_failed(exc)
-            return _failed(inbound, exc)
+            return _failed(inbound, exc, self.metrics)
         return OutboundMessage(inbound.namespace, result.final_message, result.summary(),
                                inbound.metadata)
 
@@ -871,15 +872,15 @@ class Router:
                     await trio.sleep(delay)
                     delay = min(delay * 2, self.redeliver_max_s)
                     continue
-                METRICS.delivery_failures.inc(src.name)
+                self.metrics.delivery_failures.labels(src.name).inc()
                 log.warning("%s: reply to %s not delivered: %s", src.name, reply.namespace, exc)
                 return "failed"
             except Exception:
-                METRICS.delivery_failures.inc(src.name)
+                self.metrics.delivery_failures.labels(src.name).inc()
                 log.exception("%s: reply to %s not delivered", src.name, reply.namespace)
                 return "failed"
-            METRICS.messages_out.inc(src.name, "ok" if isinstance(reply, OutboundMessage)
-                                     else "error")
+            outcome = "ok" if isinstance(reply, OutboundMessage) else "error"
+            self.metrics.messages_out.labels(src.name, outcome).inc()
             return "delivered"
 
     def _settle(self, job: _Job, state: LedgerState) -> None:
@@ -968,8 +969,8 @@ def _explicit_agent(inbound: InboundMessage) -> str | None:
     return agent if isinstance(agent, str) and agent else None
 
 
-def _failed(inbound: InboundMessage, exc: Exception) -> OutboundError:
-    METRICS.run_errors.inc(error_code(exc))
+def _failed(inbound: InboundMessage, exc: Exception, metrics: Metrics) -> OutboundError:
+    metrics.run_errors.labels(error_code(exc)).inc()
     if isinstance(exc, OrradError):
         log.warning("run in %s failed: %s", inbound.namespace, exc)
     else:

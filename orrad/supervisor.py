@@ -27,7 +27,7 @@ import trio
 from orrad.channels.base import Channel, ChannelContext
 from orrad.config import ChannelConfig
 from orrad.errors import ConfigErrors, FatalChannelError
-from orrad.metrics import METRICS
+from orrad.metrics import Metrics
 
 __all__ = ["ChannelManager", "ChannelRunner", "ChannelState", "ChannelStatus", "FileResult",
            "Intake"]
@@ -141,8 +141,10 @@ class ChannelRunner:
         *,
         generation: int = 0,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.file = file
+        self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
         self.factory = factory
         self.context = context
@@ -217,7 +219,7 @@ class ChannelRunner:
                     self._set_state(ChannelState.BACKOFF, reason, delay)
                     await trio.sleep(delay)
                     self.status.restarts += 1
-                    METRICS.channel_restarts.inc(self.name)
+                    self.metrics.channel_restarts.labels(self.name).inc()
             # Cancelled by stop(): the scope swallowed the cancellation.
             if self.status.state not in FINAL_STATES:
                 self._set_state(ChannelState.STOPPED, "stopped")
@@ -296,8 +298,10 @@ class ChannelManager:
         *,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.intake = intake
+        self.metrics = metrics if metrics is not None else Metrics()
         self.factory = factory
         self.make_context = make_context
         self.stop_grace_s = stop_grace_s
@@ -331,7 +335,7 @@ class ChannelManager:
         assert self._nursery is not None, "manager is not serving"
         runner = ChannelRunner(
             file, config, self.factory, self.make_context(config), self.intake,
-            generation=self._generations.get(file, 0), rng=self.rng,
+            generation=self._generations.get(file, 0), rng=self.rng, metrics=self.metrics,
         )
         self.runners[file] = runner
 

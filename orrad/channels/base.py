@@ -18,6 +18,7 @@ import trio
 
 from orrad.delivery import ReplyTarget, no_typing
 from orrad.errors import ChannelClosed
+from orrad.metrics import Metrics
 from orrad.model import InboundMessage, OutboundError, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class ChannelContext:
     # Whether the daemon goes on running once this channel has finished (another channel
     # can still receive); ``None`` when the daemon does not say.
     keeps_running: Callable[[], bool] | None = field(default=None, repr=False)
+    # The daemon's instruments (``/metrics``); a private set when the daemon gives none.
+    metrics: Metrics = field(default_factory=Metrics, repr=False)
 
     def agent_names(self) -> list[str]:
         """The live agent names (the daemon file's, when no live view was handed in)."""

@@ -24,7 +24,7 @@ from orrad.errors import (
     ToolError,
     UnsavedRun,
 )
-from orrad.metrics import METRICS
+from orrad.metrics import Metrics
 from orrad.model import Message, Namespace, RunSummary, ToolCall, ToolResult, Usage
 from orrad.runtime.context import (
     ContextBudget,
@@ -149,8 +149,12 @@ class Runtime:
         *,
         name: str = "default",
         locks: NamespaceLocks | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.provider = provider
+        # The daemon's instruments (it sets them on the runtimes it builds); a private set
+        # otherwise.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.tools = tools if tools is not None else ToolRegistry()
         self.policies = policies if policies is not None else PolicyRegistry()
@@ -280,17 +284,19 @@ class Runtime:
                 request, messages=smaller, estimated_input_tokens=None))
 
     async def _call_provider(self, request: CompletionRequest) -> CompletionResponse:
-        name = self.provider.name
+        name, metrics = self.provider.name, self.metrics
         started = trio.current_time()
         try:
             response = await self.provider.complete(request)
         except ProviderError:
-            METRICS.provider_errors.inc(name)
+            metrics.provider_errors.labels(name).inc()
             raise
         finally:
-            METRICS.provider_latency.observe(trio.current_time() - started, name)
-        METRICS.provider_tokens.inc(name, "input", amount=response.usage.input_tokens)
-        METRICS.provider_tokens.inc(name, "output", amount=response.usage.output_tokens)
+            metrics.provider_latency.labels(name).observe(trio.current_time() - started)
+        # A counter only goes up: a provider reporting negative usage counts as none.
+        usage = response.usage
+        metrics.provider_tokens.labels(name, "input").inc(max(0, usage.input_tokens))
+        metrics.provider_tokens.labels(name, "output").inc(max(0, usage.output_tokens))
         return response
 
     async def _execute_tools(

@@ -25,7 +25,6 @@ from orrad.channels.webhook import WebhookChannel
 from orrad.config import load_daemon_config
 from orrad.daemon import Daemon
 from orrad.http import HTTPServer, Request, Response, Router, json_response
-from orrad.metrics import METRICS
 from orrad.router import AgentSet
 from orrad.state import Ledger
 from tests.scripted import ScriptedProvider, reply
@@ -62,6 +61,11 @@ class Hook:
         [runner] = self.daemon.manager.runners.values()
         assert isinstance(runner.channel, WebhookChannel)
         return runner.channel
+
+    def callback_failures(self) -> float:
+        """The daemon's ``orrad_webhook_callback_failures_total`` for this channel."""
+        return self.daemon.metrics.value("orrad_webhook_callback_failures_total",
+                                         channel="hooks")
 
     async def inbox_ids(self) -> list[str]:
         """Every request id the pipeline's ledger recorded for the channel."""
@@ -419,12 +423,11 @@ async def test_async_reply_goes_to_the_callback_with_retries(tmp_path: Path) -> 
 
 @pytest.mark.usefixtures("fast_callbacks")
 async def test_callback_final_failure_is_counted(tmp_path: Path) -> None:
-    before = METRICS.callback_failures.get("hooks")
     async with receiver(fail_first=1000) as (sink, url), webhook(tmp_path) as hook:
         data = body(callback_url=url)
         await post(hook.url, data, signed(data, msg_id="doomed"))
         with trio.fail_after(5):
-            while METRICS.callback_failures.get("hooks") == before:
+            while hook.callback_failures() == 0:
                 await trio.sleep(0.01)
         assert len(sink.received) == 8
         entry = await Ledger(hook.daemon.db).get("hooks", "doomed")

@@ -27,7 +27,7 @@ from orrad.channels.webhook.policy import CallbackPolicy, parse_ipv4_loose
 from orrad.config import BUILTIN_CHANNEL_KINDS, load_channel_file, load_daemon_config
 from orrad.errors import ChannelSendError, ConfigErrors
 from orrad.http import HTTPServer, Request, Response, Router
-from orrad.metrics import METRICS
+from orrad.metrics import Metrics
 from orrad.state import Ledger
 from tests.channels.test_webhook import body, fast_callbacks, post, signed, webhook
 
@@ -196,10 +196,11 @@ class Resolver:
         return self.answers[min(len(self.calls), len(self.answers)) - 1]
 
 
-async def _send(url: str, guard: CallbackGuard, request_id: str = "cb") -> None:
+async def _send(url: str, guard: CallbackGuard, request_id: str = "cb",
+                metrics: Metrics | None = None) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         await post_callback(client, WebhookAuth(None), "hooks", request_id, url,
-                            {"id": request_id, "message": "done"}, guard)
+                            {"id": request_id, "message": "done"}, guard, metrics=metrics)
 
 
 # -- send time: the address checked is the address connected to ---------------------------
@@ -227,13 +228,13 @@ async def test_dns_rebinding_to_metadata_is_refused_at_send_time(
         resolver = Resolver(["127.0.0.1"], ["169.254.169.254"])
         guard = CallbackGuard(resolver=resolver)
         url = f"http://rebind.test:{sink.port}/cb?token=s3cret"
-        await _send(url, guard, "first")
-        before = METRICS.callback_failures.get("hooks")
+        metrics = Metrics()
+        await _send(url, guard, "first", metrics)
         with caplog.at_level(logging.INFO, logger="orrad.channels.webhook.callbacks"), \
                 pytest.raises(ChannelSendError, match="link-local"):
-            await _send(url, guard, "second")
+            await _send(url, guard, "second", metrics)
         assert len(sink.received) == 1 and resolver.calls == ["rebind.test"] * 2  # no retry
-        assert METRICS.callback_failures.get("hooks") == before + 1
+        assert metrics.value("orrad_webhook_callback_failures_total", channel="hooks") == 1
         [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert "resolves to a link-local address (169.254.169.254)" in line
         assert f"http://rebind.test:{sink.port}" in line and "s3cret" not in line
@@ -326,7 +327,6 @@ async def test_intake_applies_callback_allow(tmp_path: Path) -> None:
 async def test_a_name_resolving_outside_callback_allow_fails_for_good_at_send_time(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    before = METRICS.callback_failures.get("hooks")
     async with receiver() as sink, webhook(
             tmp_path, extra="callback_allow: [10.0.0.0/8]\n") as hook:
         # A name passes intake (no DNS there); at send time localhost is 127.0.0.1/::1.
@@ -340,7 +340,7 @@ async def test_a_name_resolving_outside_callback_allow_fails_for_good_at_send_ti
                        ) is None or entry.state != "failed":
                     await trio.sleep(0.01)
         assert sink.received == []
-        assert METRICS.callback_failures.get("hooks") == before + 1
+        assert hook.callback_failures() == 1
         [line] = [r.getMessage() for r in caplog.records
                   if r.name == "orrad.channels.webhook.callbacks" and r.levelno >= logging.ERROR]
         assert "not in callback_allow" in line and f"http://localhost:{sink.port}" in line

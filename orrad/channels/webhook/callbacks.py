@@ -36,7 +36,7 @@ from tenacity import (
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.policy import CallbackPolicy, IPAddress, parse_ip
 from orrad.errors import ChannelSendError, OrradError
-from orrad.metrics import METRICS
+from orrad.metrics import Metrics
 
 __all__ = ["MAX_ATTEMPTS", "CallbackGuard", "CallbackRefused", "Resolver", "post_callback",
            "shown_url", "system_resolver"]
@@ -148,10 +148,11 @@ def shown_url(url: str) -> str:
 
 async def post_callback(client: httpx.AsyncClient, auth: WebhookAuth, channel: str,
                         request_id: str, url: str, body: dict[str, Any],
-                        guard: CallbackGuard | None = None) -> None:
+                        guard: CallbackGuard | None = None, *,
+                        metrics: Metrics | None = None) -> None:
     """POST ``body`` to ``url`` if ``guard`` (default: the fixed rules only) allows it;
-    raise :class:`ChannelSendError` once it failed for good (logged and counted in
-    ``orrad_webhook_callback_failures_total``)."""
+    raise :class:`ChannelSendError` once it failed for good (logged, and counted in
+    ``metrics``' ``orrad_webhook_callback_failures_total`` when given)."""
     guard = guard or CallbackGuard()
     payload = msgspec.json.encode(body)
     try:
@@ -168,7 +169,8 @@ async def post_callback(client: httpx.AsyncClient, auth: WebhookAuth, channel: s
     except OrradError as exc:
         log.error("webhook %s: callback for %s to %s failed for good: %s", channel,
                   request_id, shown_url(url), exc)
-        METRICS.callback_failures.inc(channel)
+        if metrics is not None:
+            metrics.callback_failures.labels(channel).inc()
         raise ChannelSendError(f"callback failed: {exc}") from None
 
 

@@ -277,4 +277,4 @@ class WebhookChannel(BaseChannel):
         if self._client is None:
             raise ChannelSendError("the channel is not serving", retryable=True)
         await post_callback(self._client, self.auth, self.name, request_id, url, body,
-                            self.callback_guard)
+                            self.callback_guard, metrics=self.context.metrics)
