@@ -17,6 +17,7 @@ they are.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -65,6 +66,8 @@ class StdinChannel(BaseChannel):
         self.namespace = Namespace.parse(config.namespace)
         self._agent = config.agent
         self._input = input if input is not None else sys.stdin.buffer
+        self._fd = self._descriptor(self._input)
+        self._pending = bytearray()  # read from the descriptor, not yet a whole line
         self._output = output if output is not None else sys.stdout
         self._errors = errors
         self._tty_output = self._isatty(self._output)
@@ -76,6 +79,13 @@ class StdinChannel(BaseChannel):
         self._lines = 0
         self._answered = trio.Event()
         self._output_lock = trio.Lock()  # replies and the indicator, one at a time
+
+    @staticmethod
+    def _descriptor(stream: IO[bytes]) -> int | None:
+        try:
+            return stream.fileno()
+        except (AttributeError, ValueError, OSError):
+            return None
 
     @staticmethod
     def _isatty(stream: IO[bytes] | IO[str]) -> bool:
@@ -102,7 +112,7 @@ class StdinChannel(BaseChannel):
                         editor.read_line, self._prompt, abandon_on_cancel=True)
                 else:
                     self._show_prompt()
-                    raw = await trio.to_thread.run_sync(self._input.readline,
+                    raw = await trio.to_thread.run_sync(self._read_raw_line,
                                                         abandon_on_cancel=True)
                     text = raw.decode("utf-8", errors="replace").rstrip("\r\n") if raw else None
                 reading = False
@@ -127,6 +137,27 @@ class StdinChannel(BaseChannel):
             if reading and editor is not None:
                 editor.restore_terminal(self._output)
             self.close_intake()
+
+    def _read_raw_line(self) -> bytes:
+        """One line, with its end (not at the end of input), or ``b""`` at end of input.
+
+        A descriptor is read with ``os.read``, not through Python's buffered reader: a read
+        abandoned when the daemon stops (its thread still waits for input) then holds no
+        lock the interpreter needs to exit (a blocked ``sys.stdin.buffer.readline()`` makes
+        the exit abort: "could not acquire lock for <_io.BufferedReader name='<stdin>'>").
+        """
+        if self._fd is None:
+            return self._input.readline()
+        while (end := self._pending.find(b"\n")) < 0:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                line = bytes(self._pending)
+                self._pending.clear()
+                return line
+            self._pending += chunk
+        line = bytes(self._pending[:end + 1])
+        del self._pending[:end + 1]
+        return line
 
     def _line_editor(self) -> LineEditor:
         state_dir = Path(self.context.daemon.state_dir)

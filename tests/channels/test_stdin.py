@@ -207,3 +207,33 @@ def test_history_is_kept_in_memory_when_the_file_cannot_be_written(tmp_path: Pat
     import readline
 
     assert readline.get_history_item(readline.get_current_history_length()) == "still works"
+
+
+# -- reading a pipe ------------------------------------------------------------------------
+
+async def test_lines_from_a_descriptor_split_and_end_like_readline() -> None:
+    read_fd, write_fd = os.pipe()
+    with open(read_fd, "rb", buffering=0) as source:
+        chan = channel(io.StringIO(), input=source)  # type: ignore[arg-type]
+        os.write(write_fd, b"one\ntwo\r\nthr")
+        os.write(write_fd, b"ee\nlast without end")
+        os.close(write_fd)
+        lines = [chan._read_raw_line() for _ in range(6)]
+    assert lines == [b"one\n", b"two\r\n", b"three\n", b"last without end", b"", b""]
+
+
+async def test_sigterm_while_stdin_is_an_open_pipe_exits_cleanly(tmp_path: Path) -> None:
+    """The daemon stops while its stdin reader waits on a pipe that never ends: exit 0, no
+    "Fatal Python error ... could not acquire lock for <stdin>" abort at shutdown."""
+    from tests.daemon_process import DaemonProcess
+
+    daemon = DaemonProcess(tmp_path)
+    daemon.write_channel("stdin.yaml", "kind: stdin\n")
+    await daemon.start()
+    try:
+        await daemon.wait_api()
+        await daemon.wait_for(lambda states: states.get("stdin", ("",))[0] == "running")
+    finally:
+        code = await daemon.stop()
+    assert "Fatal Python error" not in daemon.stderr()
+    assert code == 0, daemon.stderr()
