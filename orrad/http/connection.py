@@ -1,4 +1,4 @@
-"""One HTTP/1.1 connection: trio stream in, h11 events, handler, h11 bytes out.
+"""One HTTP/1.1 connection: trio stream in, parser events, handler, response bytes out.
 
 Timeouts do not use a trio cancel scope per read: entering and leaving a deadline scope costs
 more than parsing a small request. Instead each connection has one cancel scope for its whole
@@ -7,13 +7,16 @@ server's single reaper task cancels connections whose deadline has passed (see
 ``HTTPServer._reap``). The phase then tells what to answer: a 408 when part of a request had
 arrived, nothing when the connection was idle.
 
-HTTP is parsed by h11 only; the one place raw bytes are read without h11 is the bounded
-discard after an early error response, where they are thrown away unparsed.
+Requests are parsed by llhttp (:mod:`orrad.http.parser`); the one place raw bytes are read
+without it is the bounded discard after an early error response, where they are thrown away
+unparsed. Responses are written here: a status line, the handler's headers (checked, see
+:func:`_header_lines`), ``Content-Length``, ``Server`` and ``Date``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
@@ -21,30 +24,64 @@ from http import HTTPStatus
 from math import inf
 from urllib.parse import parse_qs, unquote
 
-import h11
 import trio
 
 from orrad.http.limits import ServerLimits
 from orrad.http.messages import Handler, HTTPError, Request, Response, error_response
+from orrad.http.parser import END, NEED_DATA, Body, Head, ProtocolError, RequestParser
 
 # The server's logger, so that one logger name covers everything orrad.http.server runs.
 logger = logging.getLogger("orrad.http.server")
 
 Route = Callable[[str, str], tuple[Handler, dict[str, str], int | None]]
-# What h11's next_event() can return.
-_Next = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+_Next = Head | Body | object  # what RequestParser.next_event() returns
 
 # Connection phases. Only IDLE connections are closed at once by stop(); a timeout in HEAD or
 # BODY is answered 408, in any other phase the connection just closes.
 IDLE, HEAD, BODY, HANDLER, SEND, CLOSING = range(6)
 
 _RECV_BYTES = 65536
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_CLOSE = ("connection", "close")
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLOSE_LINE = b"connection: close\r\n"
 _NO_LENGTH = frozenset({204, 304})  # RFC 9110 §8.6: no Content-Length on these
+# RFC 9110 §5.1 token; values: visible ASCII, spaces and tabs inside, none around.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
+# The server writes these itself; a handler setting one would frame the response wrongly.
+_SERVER_OWNED = frozenset({"content-length", "transfer-encoding", "connection"})
+_MAX_CACHED_LINES = 512
 
 # (second, "date: ...\r\n") shared by all servers in the process.
 _fixed_cache: tuple[int, bytes] = (0, b"")
+
+
+class InvalidHeader(ValueError):
+    """A handler's response header that cannot be written as it is."""
+
+
+def header_line(name: str, value: str) -> bytes:
+    """``name: value\r\n``, after checking both (a newline in a value would let the value
+    write headers of its own).
+
+    Raises:
+        InvalidHeader: the name is not a token, the value has control or non-ASCII
+            characters or surrounding whitespace, or the header is one the server sets.
+    """
+    if _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
+        raise InvalidHeader(f"invalid response header {name!r}: {value!r}")
+    if name.lower() in _SERVER_OWNED:
+        raise InvalidHeader(f"response header {name!r} is the server's to set")
+    return f"{name}: {value}\r\n".encode("ascii")
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 200 <= status <= 999:
+            raise InvalidHeader(f"invalid response status {status!r}")
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
 
 
 def _peer(stream: trio.SocketStream) -> tuple[str, str]:
@@ -58,18 +95,18 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
 
 
 def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int:
-    """The request's Content-Length (validated by h11), or -1 when it has none (chunked)."""
+    """The request's Content-Length (validated by llhttp), or -1 when it has none."""
     for name, value in headers:
         if name == b"content-length":
             return int(value)
     return -1
 
 
-def _head_problem(event: h11.Request, headers: Sequence[tuple[bytes, bytes]],
+def _head_problem(event: Head, headers: Sequence[tuple[bytes, bytes]],
                   max_bytes: int) -> Response | None:
-    """What is wrong with a request head that h11 accepted, as the answer to send.
+    """What is wrong with a request head that the parser accepted, as the answer to send.
 
-    - Its size: h11 bounds a head only while it is incomplete, so a head that arrived in
+    - Its size: the parser bounds a head only while it is incomplete, so a head that arrived in
       one read could be of any size; the bound is applied to what was received (431).
     - Both ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.1: a smuggling
       attempt; answered 400 and the connection closed, so nothing after it is read).
@@ -104,6 +141,7 @@ class Shared:
 
     __slots__ = (
         "connections",
+        "header_lines",
         "in_flight",
         "limits",
         "name",
@@ -119,12 +157,11 @@ class Shared:
         self.limits = limits
         self.route = route
         self.name = name
-        try:
-            # Checked once here, because fixed_lines() writes it without h11 (see there).
-            h11.Response(status_code=200, headers=[("server", server_header)])
-        except (h11.LocalProtocolError, UnicodeEncodeError):
-            raise ValueError(f"invalid server_header {server_header!r}") from None
+        if _TOKEN.fullmatch("server") is None or _VALUE.fullmatch(server_header) is None:
+            raise ValueError(f"invalid server_header {server_header!r}")
         self.server_line = b"server: " + server_header.encode("ascii") + b"\r\n"
+        # Encoded handler header lines by (name, value): most responses repeat a few.
+        self.header_lines: dict[tuple[str, str], bytes] = {}
         self.connections: set[Connection] = set()
         self.per_host: dict[str, int] = {}  # open connections by client address
         self.in_flight = 0
@@ -145,6 +182,24 @@ class Shared:
         if _fixed_cache[0] != now:
             _fixed_cache = (now, self._date_line(now))
         return self.server_line + _fixed_cache[1]
+
+    def encode_headers(self, headers: list[tuple[str, str]]) -> bytes:
+        """The handler's header lines (see :func:`header_line`), from the cache if seen.
+
+        Raises:
+            InvalidHeader: one of them cannot be written.
+        """
+        cache = self.header_lines
+        out = b""
+        for pair in headers:
+            line = cache.get(pair)
+            if line is None:
+                line = header_line(*pair)
+                if len(cache) >= _MAX_CACHED_LINES:
+                    cache.clear()
+                cache[pair] = line
+            out += line
+        return out
 
     def admit(self, conn: Connection) -> bool:
         """Register a new connection, making room for it if the server or its client's
@@ -200,9 +255,10 @@ class Connection:
         "deadline",
         "evicted",
         "expired",
-        "h11",
         "host",
+        "parser",
         "phase",
+        "responded",
         "scope",
         "shared",
         "stream",
@@ -212,9 +268,8 @@ class Connection:
     def __init__(self, stream: trio.SocketStream, shared: Shared) -> None:
         self.stream = stream
         self.shared = shared
-        self.h11 = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=shared.limits.max_header_bytes
-        )
+        self.parser = RequestParser(shared.limits.max_header_bytes)
+        self.responded = False  # the current request has been answered
         self.host, self.client = _peer(stream)
         self.scope = trio.CancelScope()
         self.phase = IDLE
@@ -263,7 +318,7 @@ class Connection:
     async def _serve(self) -> None:
         shared = self.shared
         limits = shared.limits
-        h = self.h11
+        parser = self.parser
         stream = self.stream
         requests = 0
         # The first request's head (idle time included) is due header_timeout_s after accept.
@@ -271,33 +326,33 @@ class Connection:
         while True:
             # ---- request head
             try:
-                event: _Next = h.next_event()
-                while event is h11.NEED_DATA:
+                event: _Next = parser.next_event()
+                while event is NEED_DATA:
                     if self.phase == IDLE and shared.stopping:
                         return
                     data = await stream.receive_some(_RECV_BYTES)
-                    h.receive_data(data)
-                    event = h.next_event()
-                    if self.phase == IDLE and event is h11.NEED_DATA and data:
+                    parser.receive_data(data)
+                    event = parser.next_event()
+                    if self.phase == IDLE and event is NEED_DATA and data:
                         # Part of a head arrived; only now does the head deadline start for
                         # a kept-alive connection (the idle deadline covered the wait so far).
                         self.phase = HEAD
                         if requests:
                             self._arm(trio.current_time() + limits.header_timeout_s)
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                code = "too_large" if status == 431 else "bad_request"
-                await self.send_early(error_response(status, code, str(exc)))
+            except ProtocolError as exc:
+                code = "too_large" if exc.status == 431 else "bad_request"
+                await self.send_early(error_response(exc.status, code, str(exc)))
                 return
-            if type(event) is not h11.Request:
-                return  # ConnectionClosed: the client is done with us
+            if type(event) is not Head:
+                return  # CLOSED: the client is done with us
+            head = event
             requests += 1
             self.phase = HEAD
 
-            method = event.method.decode("ascii")
-            target = event.target.decode("latin-1")
-            raw_headers = event.headers
-            problem = _head_problem(event, raw_headers, limits.max_header_bytes)
+            method = head.method.decode("ascii")
+            target = head.target.decode("latin-1")
+            raw_headers = head.headers
+            problem = _head_problem(head, raw_headers, limits.max_header_bytes)
             if problem is not None:
                 await self.send_early(problem)  # then close: never read past a bad head
                 return
@@ -313,8 +368,8 @@ class Connection:
                 handler, params, route_limit = shared.route(method, path)
             except HTTPError as exc:
                 try:
-                    has_body = type(h.next_event()) is not h11.EndOfMessage
-                except h11.RemoteProtocolError:
+                    has_body = parser.next_event() is not END
+                except ProtocolError:
                     has_body = True  # a broken body: answer the routing error all the same
                 if has_body:
                     await self.send_early(exc.to_response())  # then close
@@ -324,18 +379,18 @@ class Connection:
                 continue
             limit = limits.max_body_bytes if route_limit is None else route_limit
 
-            # ---- body. h11 hands out what is already buffered without any I/O; in the
-            # common case that is the whole body and needs no further checks.
+            # ---- body. The parser hands out what is already buffered without any I/O; in
+            # the common case that is the whole body and needs no further checks.
             try:
-                event = h.next_event()
-                if type(event) is h11.EndOfMessage:
+                event = parser.next_event()
+                if event is END:
                     body = b""
                 else:
                     chunks: list[bytes] = []
-                    if type(event) is h11.Data and len(event.data) <= limit:
+                    if type(event) is Body and len(event.data) <= limit:
                         chunks.append(event.data)
-                        event = h.next_event()
-                    if type(event) is h11.EndOfMessage:
+                        event = parser.next_event()
+                    if event is END:
                         body = chunks[0]
                     else:
                         # More must be read: check the announced length first, so that an
@@ -348,9 +403,8 @@ class Connection:
                         if read is None:
                             return  # answered already, or the client went away
                         body = read
-            except h11.RemoteProtocolError as exc:
-                resp = error_response(exc.error_status_hint, "bad_request", str(exc))
-                await self.send_early(resp)
+            except ProtocolError as exc:
+                await self.send_early(error_response(exc.status, "bad_request", str(exc)))
                 return
 
             # ---- handler (no deadline: its duration is the application's business)
@@ -378,94 +432,97 @@ class Connection:
 
     async def _read_body(self, limit: int, chunks: list[bytes], event: _Next) -> bytes | None:
         """Read the rest of the body (at most ``limit`` bytes in all) within
-        ``body_timeout_s``, starting with the already received ``chunks`` and the next h11
-        ``event``.
+        ``body_timeout_s``, starting with the already received ``chunks`` and the next
+        parser ``event``.
 
         Returns ``None`` after answering 413 or when the client vanished. The deadline is
         armed only once the body has to be waited for.
+
+        Raises:
+            ProtocolError: the body is malformed (bad chunked framing, say).
         """
-        h = self.h11
+        parser = self.parser
         size = sum(map(len, chunks))
         armed = False
         while True:
             kind = type(event)
-            if kind is h11.Data:
+            if kind is Body:
                 data = event.data  # type: ignore[union-attr]
                 size += len(data)
                 if size > limit:  # chunked bodies can only be checked as they arrive
                     await self.send_early(too_large(limit))
                     return None
                 chunks.append(data)
-            elif kind is h11.EndOfMessage:
+            elif event is END:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            elif event is h11.NEED_DATA:
+            elif event is NEED_DATA:
                 if not armed:
                     armed = True
                     self._arm(trio.current_time() + self.shared.limits.body_timeout_s)
-                    if h.client_is_waiting_for_100_continue:
+                    if parser.waiting_for_continue:
                         # Only now that the body will be read (RFC 9110 §10.1.1).
-                        await self.stream.send_all(
-                            h.send(h11.InformationalResponse(status_code=100, headers=[]))
-                        )
-                h.receive_data(await self.stream.receive_some(_RECV_BYTES))
+                        parser.waiting_for_continue = False
+                        await self.stream.send_all(_CONTINUE)
+                parser.receive_data(await self.stream.receive_some(_RECV_BYTES))
             else:
-                return None  # ConnectionClosed
-            event = h.next_event()
+                return None  # CLOSED
+            event = parser.next_event()
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _head(self, resp: Response, close: bool) -> h11.Response:
-        """The h11 response event: the handler's headers plus Content-Length (and
-        ``Connection: close`` when closing). Raises h11.LocalProtocolError or
-        UnicodeEncodeError for headers h11 refuses."""
-        status = resp.status
-        # All str: h11 encodes (and validates) them anyway, so no per-header loop here.
-        headers = [("content-length", str(len(resp.body)))] if status not in _NO_LENGTH else []
-        headers += resp.headers
-        if close:
-            headers.append(_CLOSE)
-        return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+    def _encode(self, resp: Response, close: bool, method: str) -> bytes:
+        """The whole response: status line, ``Content-Length``, the handler's headers,
+        ``Connection: close`` when closing, ``Server`` and ``Date``, then the body (none
+        for HEAD, 204 and 304).
 
-    def _serialize_head(self, event: h11.Response) -> bytes:
-        """Serialise the head with h11, then add the server's own Server and Date lines.
-
-        These two lines are the only bytes of a head not written by h11: their values are
-        ours and checked once, and letting h11 re-validate them (twice per response, as it
-        does) costs about a tenth of a small request's whole CPU time. h11's head always
-        ends with the blank line, so they go right before it.
+        Raises:
+            InvalidHeader: the handler's status or headers cannot be written.
         """
-        head = self.h11.send(event)
-        return head[:-2] + self.shared.fixed_lines() + b"\r\n"
+        status = resp.status
+        body = resp.body
+        head = _status_line(status)
+        if status not in _NO_LENGTH:
+            head += b"content-length: %d\r\n" % len(body)
+        if resp.headers:
+            head += self.shared.encode_headers(resp.headers)
+        if close:
+            head += _CLOSE_LINE
+        head += self.shared.fixed_lines() + b"\r\n"
+        if body and method != "HEAD" and status not in _NO_LENGTH:
+            return head + body
+        return head
+
+    def _encode_or_500(self, resp: Response, close: bool, method: str) -> bytes:
+        try:
+            return self._encode(resp, close, method)
+        except InvalidHeader:
+            # The handler produced a status or headers that cannot be sent (e.g. a newline
+            # in a value): it is the handler's bug, answered as one.
+            logger.exception("%s: invalid response from handler", self.shared.name)
+            return self._encode(internal_error(), close, method)
 
     async def _send_response(self, resp: Response, requests: int, method: str) -> bool:
         """Write a complete response and get ready for the next request on this connection.
 
-        Adds ``Connection: close`` while the server stops or at the per-connection request
-        cap (h11 adds it as well when the client asked for it). Returns ``False`` when the
-        connection must close now. The keep-alive deadline is counted from before the send,
-        so a client slow to read its response also has less time left to send another.
+        Adds ``Connection: close`` while the server stops, at the per-connection request
+        cap, or when the client did not ask to keep the connection. Returns ``False`` when
+        the connection must close now. The keep-alive deadline is counted from before the
+        send, so a client slow to read its response also has less time left to send another.
         """
         shared = self.shared
-        h = self.h11
-        close = shared.stopping or requests >= shared.limits.max_requests_per_connection
-        try:
-            event = self._head(resp, close)
-        except (h11.LocalProtocolError, UnicodeEncodeError):
-            # The handler produced headers h11 refuses (e.g. a newline in a value).
-            logger.exception("%s: invalid response headers from handler", shared.name)
-            resp = internal_error()
-            event = self._head(resp, close)
-        data = self._serialize_head(event)
-        if resp.body and method != "HEAD" and resp.status not in _NO_LENGTH:
-            data += h.send(h11.Data(data=resp.body))
-        h.send(h11.EndOfMessage())
+        parser = self.parser
+        close = (shared.stopping or not parser.keep_alive
+                 or requests >= shared.limits.max_requests_per_connection)
+        data = self._encode_or_500(resp, close, method)
+        self.responded = True
         self.phase = SEND
         now = trio.current_time()
         self._arm(now + shared.limits.send_timeout_s)
         await self.stream.send_all(data)
-        if h.our_state is h11.MUST_CLOSE:
+        if close:
             return False
-        h.start_next_cycle()
+        parser.start_next_cycle()
+        self.responded = False
         self.phase = IDLE
         self.waiting_since = now
         self._arm(now + shared.limits.keepalive_timeout_s)
@@ -483,17 +540,13 @@ class Connection:
         """
         self.phase = CLOSING
         self.deadline = inf
-        h = self.h11
         limits = self.shared.limits
         stream = self.stream
         try:
-            if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                data = self._serialize_head(self._head(resp, close=True))
-                if resp.body:
-                    data += h.send(h11.Data(data=resp.body))
-                h.send(h11.EndOfMessage())
+            if not self.responded:
+                self.responded = True
                 with trio.move_on_after(limits.send_timeout_s) as scope:
-                    await stream.send_all(data)
+                    await stream.send_all(self._encode_or_500(resp, True, "POST"))
                 if scope.cancelled_caught:
                     return
             await stream.send_eof()  # the client sees the end of our answer right away
@@ -504,7 +557,5 @@ class Connection:
                     if not chunk:
                         break
                     remaining -= len(chunk)
-        except h11.LocalProtocolError:
-            pass  # e.g. a body h11 will not frame (HEAD); closing says enough
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
