@@ -142,8 +142,10 @@ class ChannelRunner:
         generation: int = 0,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.file = file
+        self._on_change = on_change  # told of every state change (systemd STATUS=)
         self.metrics = metrics if metrics is not None else Metrics()
         self.config = config
         self.factory = factory
@@ -179,6 +181,8 @@ class ChannelRunner:
         extra = f", next start in {delay:.1f}s" if delay is not None else ""
         log.log(level, "channel %s generation %d %s: %s%s", self.name, self.status.generation,
                 state, reason, extra)
+        if self._on_change is not None:
+            self._on_change()
 
     async def run(self) -> None:
         """Supervise until the channel completes, fails for good, or :meth:`stop` is called."""
@@ -336,6 +340,7 @@ class ChannelManager:
         runner = ChannelRunner(
             file, config, self.factory, self.make_context(config), self.intake,
             generation=self._generations.get(file, 0), rng=self.rng, metrics=self.metrics,
+            on_change=self._notify,
         )
         self.runners[file] = runner
 

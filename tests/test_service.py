@@ -107,6 +107,35 @@ async def test_notify_ready_reload_stop(tmp_path: Path) -> None:
         receiver.close()
 
 
+async def test_status_follows_a_channel_started_by_a_reload(tmp_path: Path) -> None:
+    """STATUS= is sent again when a channel a reload started reaches ``running`` (it used
+    to stay at "1 running, 1 starting")."""
+    receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock_path = str(tmp_path / "notify.sock")
+    await receiver.bind(sock_path)
+    daemon = DaemonProcess(tmp_path, env={"NOTIFY_SOCKET": sock_path})
+    daemon.write_channel("t.yaml", TICKER.format(label="a"))
+    await daemon.start()
+    statuses: list[str] = []
+
+    async def wait_status(text: str) -> None:
+        with trio.fail_after(15):
+            while not any(text in status for status in statuses):
+                data = await receiver.recv(4096)
+                fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+                if "STATUS" in fields:
+                    statuses.append(fields["STATUS"])
+
+    try:
+        await wait_status("channels: 1 running")
+        daemon.write_channel("u.yaml", TICKER.format(label="b"))
+        daemon.signal(signal.SIGHUP)
+        await wait_status("channels: 2 running")
+    finally:
+        assert await daemon.stop() == 0
+        receiver.close()
+
+
 async def test_watchdog_pings_stop_while_loop_is_blocked(tmp_path: Path) -> None:
     receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock_path = str(tmp_path / "wd.sock")
