@@ -24,7 +24,8 @@ from orrad.errors import DaemonStopping, InvalidNamespace, StoreError
 from orrad.http import HTTPError, Request, Response, Router, json_response
 from orrad.metrics import CONTENT_TYPE, Metrics
 from orrad.model import InboundMessage, Message, Namespace, OutboundMessage
-from orrad.runtime.sessions import SessionStore
+from orrad.runtime.sessions import SessionInfo, SessionStore
+from orrad.timefmt import utc_iso
 
 __all__ = ["DaemonView", "build_api_router"]
 
@@ -112,6 +113,23 @@ def parse_namespace(key: str) -> Namespace:
         raise HTTPError(400, "bad_request", str(exc)) from None
 
 
+def session_info_json(info: SessionInfo) -> dict[str, Any]:
+    """One line of a session listing, its times in the one format (``orrad.timefmt``)."""
+    return {"namespace": info.namespace, "message_count": info.message_count,
+            "created_at": utc_iso(info.created_at), "updated_at": utc_iso(info.updated_at)}
+
+
+def messages_json(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """A session's messages as JSON, each ``timestamp`` in the one format."""
+    out = []
+    for message in messages:
+        item: dict[str, Any] = msgspec.to_builtins(message)
+        if "timestamp" in item:
+            item["timestamp"] = utc_iso(message.timestamp)
+        out.append(item)
+    return out
+
+
 def build_api_router(daemon: DaemonView) -> Router:
     router = Router()
     token = daemon.api_token
@@ -140,7 +158,11 @@ def build_api_router(daemon: DaemonView) -> Router:
         return json_response(200, {"status": "ready"})
 
     async def status(request: Request) -> Response:
-        return json_response(200, daemon.status_json())
+        status = daemon.status_json()
+        for channel in status.get("channels", []):  # one timestamp format (orrad.timefmt)
+            if channel.get("since"):
+                channel["since"] = utc_iso(channel["since"])
+        return json_response(200, status)
 
     async def reload(request: Request) -> Response:
         try:
@@ -183,7 +205,7 @@ def build_api_router(daemon: DaemonView) -> Router:
             infos = await daemon.store.list(parse_namespace(prefix) if prefix else None)
         except StoreError as exc:
             raise store_unavailable(request, exc) from None
-        return json_response(200, [msgspec.to_builtins(i) for i in infos])
+        return json_response(200, [session_info_json(i) for i in infos])
 
     async def get_session(request: Request) -> Response:
         namespace = parse_namespace(request.path_params["namespace"])
@@ -195,7 +217,7 @@ def build_api_router(daemon: DaemonView) -> Router:
             raise HTTPError(404, "not_found", f"no session {namespace.key}")
         return json_response(200, {
             "namespace": session.namespace,
-            "messages": msgspec.to_builtins(session.messages),
+            "messages": messages_json(session.messages),
         })
 
     async def delete_session(request: Request) -> Response:

@@ -13,7 +13,7 @@ from orrad.model import Message, Namespace
 from orrad.runtime.sessions import Session, SessionInfo
 from orrad.state.db import Database, transaction
 
-__all__ = ["SqliteSessionStore"]
+__all__ = ["SqliteSessionStore", "delete_session", "list_sessions", "load_session"]
 
 _encode = msgspec.json.encode
 _decode_message = msgspec.json.Decoder(Message).decode
@@ -73,7 +73,7 @@ class SqliteSessionStore:
 
     async def delete(self, namespace: Namespace) -> bool:
         self._cache.pop(namespace.key, None)
-        return await self.db.run(lambda conn: _delete(conn, namespace.key))
+        return await self.db.run(lambda conn: delete_session(conn, namespace.key))
 
     async def list(self, prefix: Namespace | None = None) -> list[SessionInfo]:
         return await self.db.run(lambda conn: list_sessions(conn, prefix))
@@ -138,7 +138,8 @@ def _save(conn: sqlite3.Connection, session: Session, *, rewrite: bool = False) 
         )
 
 
-def _delete(conn: sqlite3.Connection, key: str) -> bool:
+def delete_session(conn: sqlite3.Connection, key: str) -> bool:
+    """Remove session ``key`` and its messages; False when there was none."""
     with transaction(conn):
         conn.execute("DELETE FROM session_messages WHERE namespace = ?", (key,))
         return conn.execute("DELETE FROM sessions WHERE namespace = ?", (key,)).rowcount > 0
