@@ -18,7 +18,6 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from orrad.channels.base import Channel, ChannelContext
 from orrad.config import ChannelConfig
 from orrad.errors import ConfigErrors, FatalChannelError
 from orrad.metrics import Metrics
+from orrad.timefmt import utc_iso
 
 __all__ = ["ChannelManager", "ChannelRunner", "ChannelState", "ChannelStatus", "FileResult",
            "Intake"]
@@ -52,10 +52,6 @@ class ChannelState(enum.StrEnum):
 FINAL_STATES = frozenset({ChannelState.FAILED, ChannelState.STOPPED, ChannelState.COMPLETED})
 
 
-def _utc_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 @dataclass
 class ChannelStatus:
     """What ``/v1/status`` says about one channel file (CONTRACT §5)."""
@@ -67,7 +63,7 @@ class ChannelStatus:
     generation: int = 0
     restarts: int = 0
     last_error: str | None = None
-    since: str = field(default_factory=_utc_iso)
+    since: str = field(default_factory=utc_iso)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,7 +168,7 @@ class ChannelRunner:
 
     def _set_state(self, state: ChannelState, reason: str, delay: float | None = None) -> None:
         self.status.state = state
-        self.status.since = _utc_iso()
+        self.status.since = utc_iso()
         if state is not ChannelState.STARTING:
             self.first_attempt_done.set()
         level = logging.WARNING if state in (ChannelState.BACKOFF, ChannelState.FAILED) else (
