@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 __all__ = ["setup_logging", "stderr_is_journal"]
 
@@ -39,14 +40,21 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>{text}"
 
 
+class UTCFormatter(logging.Formatter):
+    """Timestamps in orrad's one format (:mod:`orrad.timefmt`, ISO 8601 UTC), with the
+    milliseconds a log needs: ``2026-12-03T05:30:37.123Z``."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
 def setup_logging(level: str | int = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

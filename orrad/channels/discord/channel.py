@@ -50,6 +50,7 @@ from orrad.delivery import no_typing
 from orrad.errors import ChannelClosed, ChannelSendError, FatalChannelError
 from orrad.model import OutboundError, OutboundMessage
 from orrad.state.kv import KeyValueStore
+from orrad.timefmt import utc_iso
 
 __all__ = ["MAX_CHUNKS", "TRUNCATED", "DiscordChannel", "DiscordOptions", "reply_nonce"]
 
@@ -209,7 +210,7 @@ class DiscordChannel(BaseChannel):
 
     def _on_rest_ban(self, duration: float) -> None:
         """The REST client paused every request for ``duration`` s (Cloudflare ban)."""
-        until = time.strftime("%H:%M", time.localtime(time.time() + duration))
+        until = utc_iso(time.time() + duration)
         self._ban_reason = f"Discord REST banned us (invalid requests); pausing until {until}"
         self.context.report_connection(False, self._ban_reason)
         if self._nursery is not None:

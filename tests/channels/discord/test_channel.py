@@ -360,7 +360,7 @@ async def test_cloudflare_ban_shows_in_status_until_it_ends(tmp_path: Path) -> N
                   if not up and "Discord REST banned us" in str(reason)]
         assert banned, events
         assert re.fullmatch(r"Discord REST banned us \(invalid requests\); pausing until "
-                            r"\d\d:\d\d", str(events[banned[0]][1]))
+                            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", str(events[banned[0]][1]))
         assert (True, "Discord REST ban over") in events[banned[0]:]
         (t0, s0), (t1, s1) = message_posts(fake)
         assert (s0, s1) == (429, 200) and t1 - t0 >= 0.5  # nothing sent during the pause
