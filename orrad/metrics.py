@@ -14,6 +14,8 @@ channel name (a rejected file ``x"y.yaml`` included) renders valid exposition.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -41,6 +43,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        # Labelled children by (instrument, label values); see child().
+        self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
         self.messages_in = Counter("orrad_messages_received_total",
                                    "Messages received, per channel", ("channel",),
                                    registry=registry)
@@ -76,6 +80,15 @@ class Metrics:
         self.federation_received = Counter("orrad_federation_received_total",
                                            "Relays received from peers (each attempt)",
                                            ("origin",), registry=registry)
+
+    def child(self, instrument: Counter | Histogram, *labels: str) -> Any:
+        """``instrument.labels(*labels)``, remembered: the library checks and locks on every
+        ``labels()`` call, which on the per-message path costs more than the update."""
+        key = (instrument, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = instrument.labels(*labels)
+        return child
 
     def register(self, collector: Collector) -> None:
         """Add a collector whose metrics are read at each scrape."""

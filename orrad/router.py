@@ -348,7 +348,7 @@ class Router:
         try:
             await self._recover(src)
             while (inbound := await channel.receive()) is not None:
-                self.metrics.messages_in.labels(source).inc()
+                self.metrics.child(self.metrics.messages_in, source).inc()
                 await self._intake(src, inbound, agent)
             await src.wait_idle()
         finally:
@@ -761,7 +761,8 @@ class Router:
                     inbound.namespace, inbound.message,
                     run_id=None if job.ledger_id is None else str(job.ledger_id),
                     first_attempt=job.first_attempt)
-            self.metrics.run_latency.labels(runtime.name).observe(trio.current_time() - started)
+            self.metrics.child(self.metrics.run_latency, runtime.name).observe(
+                trio.current_time() - started)
         except UnsavedRun as exc:
             log.warning("run in %s answered but its session could not be saved: %s",
                         inbound.namespace, exc)
@@ -880,7 +881,7 @@ class Router:
                 log.exception("%s: reply to %s not delivered", src.name, reply.namespace)
                 return "failed"
             outcome = "ok" if isinstance(reply, OutboundMessage) else "error"
-            self.metrics.messages_out.labels(src.name, outcome).inc()
+            self.metrics.child(self.metrics.messages_out, src.name, outcome).inc()
             return "delivered"
 
     def _settle(self, job: _Job, state: LedgerState) -> None:

@@ -292,11 +292,11 @@ class Runtime:
             metrics.provider_errors.labels(name).inc()
             raise
         finally:
-            metrics.provider_latency.labels(name).observe(trio.current_time() - started)
+            metrics.child(metrics.provider_latency, name).observe(trio.current_time() - started)
         # A counter only goes up: a provider reporting negative usage counts as none.
         usage = response.usage
-        metrics.provider_tokens.labels(name, "input").inc(max(0, usage.input_tokens))
-        metrics.provider_tokens.labels(name, "output").inc(max(0, usage.output_tokens))
+        metrics.child(metrics.provider_tokens, name, "input").inc(max(0, usage.input_tokens))
+        metrics.child(metrics.provider_tokens, name, "output").inc(max(0, usage.output_tokens))
         return response
 
     async def _execute_tools(

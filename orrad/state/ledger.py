@@ -123,18 +123,21 @@ class Ledger:
             with transaction(conn):
                 for (source, delivery_id, namespace, payload), blob in zip(
                         items, encoded, strict=True):
-                    row = conn.execute(
-                        f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND delivery_id = ?",
-                        (source, delivery_id)).fetchone()
-                    if row is not None:
-                        results.append((False, _row(row)))
-                        continue
+                    # Insert first: a new message (the common case) costs one statement;
+                    # a repeat is looked up only when the insert found it there.
                     ledger_id = self._next_id(conn)
-                    conn.execute(
+                    inserted = conn.execute(
                         "INSERT INTO ledger (source, delivery_id, id, namespace, state, "
                         "payload, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?, 'received', ?, ?, ?)",
-                        (source, delivery_id, ledger_id, namespace, blob, now, now))
+                        "VALUES (?, ?, ?, ?, 'received', ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (source, delivery_id, ledger_id, namespace, blob, now, now)).rowcount
+                    if not inserted:
+                        self._last_id = ledger_id - 1  # that id was not used
+                        row = conn.execute(
+                            f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND "
+                            "delivery_id = ?", (source, delivery_id)).fetchone()
+                        results.append((False, _row(row)))
+                        continue
                     results.append((True, LedgerEntry(
                         ledger_id, source, delivery_id, namespace, "received",
                         {} if isinstance(payload, bytes) else payload, None, now, now)))
