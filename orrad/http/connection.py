@@ -231,14 +231,18 @@ class Shared:
 
     def _longest_waiting(self, host: str | None) -> Connection | None:
         """The connection (of ``host``, or any) that has waited longest with no request in
-        progress: idle (new or kept alive) or with a request head still arriving. Only at
-        a limit, so a scan of the open connections is fine."""
+        progress, idle (new or kept alive) or with a request head still arriving, if it has
+        waited at least ``evict_after_s``. Only at a limit, so a scan of the open
+        connections is fine."""
         victim: Connection | None = None
         for conn in self.connections:
             if conn.phase > HEAD or (host is not None and conn.host != host):
                 continue
             if victim is None or conn.waiting_since < victim.waiting_since:
                 victim = conn
+        if victim is None or (trio.current_time() - victim.waiting_since
+                              < self.limits.evict_after_s):
+            return None  # even the longest-waiting one is in use: refuse the newcomer
         return victim
 
     def reschedule_reaper(self, deadline: float) -> None:

@@ -31,10 +31,14 @@ class ServerLimits:
     waited longest without a request in progress (an idle keep-alive, or a request head
     still arriving); only when every connection is busy with a request does it get 503
     ``unavailable``."""
-    max_connections_per_client: int = 256
+    max_connections_per_client: int = 512
     """Open connections from one client address; beyond it, the newcomer takes the place
     of that address's longest-waiting connection the same way (or gets 503), so one
     address cannot hold every slot (slowloris, hoarded keep-alives)."""
+    evict_after_s: float = 1.0
+    """Only a connection that has waited at least this long may be closed to make room: a
+    client's keep-alive between two requests in quick succession is not taken from it
+    (its next request could be on the wire), while a hoard or a slowloris is older."""
     max_requests_per_connection: int = 1000
     """The response to the last allowed request carries ``Connection: close``."""
     discard_timeout_s: float = 2.0
