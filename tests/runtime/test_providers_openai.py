@@ -420,3 +420,39 @@ def test_encoded_body_matches_encode_request_and_reuses_message_bytes(
     again = openai.encode_body(CompletionRequest(history), "m", encoder)
     assert calls == 1  # only the new message
     assert msgspec.json.decode(again)["messages"][-1] == {"role": "user", "content": "one more"}
+
+
+def test_a_growing_window_is_joined_once_and_matches_a_fresh_encoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import msgspec
+
+    from orrad.runtime.providers import openai
+
+    encoder = openai.MessageEncoder()
+    history = [Message.system("s"), Message.user("q0"), Message.assistant("a0")]
+    assert encoder.encode_all(history) == openai.MessageEncoder().encode_all(history)
+    joins = 0
+    real_encode = openai.MessageEncoder.encode
+
+    def counting(self: openai.MessageEncoder, message: Message) -> bytes:
+        nonlocal joins
+        joins += 1
+        return real_encode(self, message)
+
+    monkeypatch.setattr(openai.MessageEncoder, "encode", counting)
+    for turn in range(1, 4):
+        history += [Message.user(f"q{turn}"), Message.assistant(f"a{turn}")]
+        joins = 0
+        body = encoder.encode_all(history)
+        assert joins == 2  # only this turn's two messages were looked at
+        assert msgspec.json.decode(b"[" + body + b"]") == [
+            msgspec.json.decode(b"[" + b",".join(
+                msgspec.json.encode(m) for m in openai._encode_message(message)) + b"]")[0]
+            for message in history]
+    # A tail rewritten (a resumed run) or a window that starts later is encoded afresh.
+    rewritten = [*history[:-1], Message.assistant("other")]
+    assert msgspec.json.decode(b"[" + encoder.encode_all(rewritten) + b"]")[-1] == {
+        "role": "assistant", "content": "other"}
+    later = history[3:]
+    assert msgspec.json.decode(b"[" + encoder.encode_all(later) + b"]")[0] == {
+        "role": "user", "content": "q1"}

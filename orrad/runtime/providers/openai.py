@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Bounds of MessageEncoder's joined windows (they hold a copy of each history's JSON).
+MAX_CACHED_WINDOWS = 512
+MAX_CACHED_WINDOW_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_TOKENS = 1024
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "tool_calls": "tool_use",
@@ -123,6 +127,43 @@ class MessageEncoder:
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[weakref.ref[Message], bytes]] = {}
+        # The last window sent per conversation, keyed by its first message's id():
+        # (first, last, length, joined bytes). The next turn's window usually starts with
+        # the same message and extends it, so only the new messages need joining.
+        self._windows: OrderedDict[int, tuple[weakref.ref[Message], weakref.ref[Message],
+                                              int, bytes]] = OrderedDict()
+        self._window_bytes = 0
+
+    def encode_all(self, messages: list[Message]) -> bytes:
+        """The comma-separated wire JSON of ``messages`` (a window of one conversation).
+
+        Equal to joining :meth:`encode` of each: a window that extends the previous one
+        of its conversation (same first message, the old last one in its old place)
+        reuses the joined bytes, so a turn costs the new messages, not the history.
+        """
+        if not messages:
+            return b""
+        first = messages[0]
+        key = id(first)
+        known = self._windows.pop(key, None)
+        joined: bytes | None = None
+        if known is not None:
+            self._window_bytes -= len(known[3])
+            first_ref, last_ref, length, old = known
+            if (first_ref() is first and length <= len(messages)
+                    and last_ref() is messages[length - 1]):
+                rest = messages[length:]
+                joined = old + b"," + b",".join(map(self.encode, rest)) if rest else old
+        if joined is None:
+            joined = b",".join(map(self.encode, messages))
+        self._windows[key] = (weakref.ref(first), weakref.ref(messages[-1]), len(messages),
+                              joined)
+        self._window_bytes += len(joined)
+        while self._windows and (len(self._windows) > MAX_CACHED_WINDOWS
+                                 or self._window_bytes > MAX_CACHED_WINDOW_BYTES):
+            _, dropped = self._windows.popitem(last=False)
+            self._window_bytes -= len(dropped[3])
+        return joined
 
     def encode(self, message: Message) -> bytes:
         """``message`` as one or more comma-separated Chat Completions messages."""
@@ -147,7 +188,7 @@ def encode_body(request: CompletionRequest, model: str, encoder: MessageEncoder)
     body = encode_request(msgspec.structs.replace(request, messages=[]), model)
     del body["messages"]
     head = msgspec.json.encode(body)
-    messages = b",".join(encoder.encode(message) for message in request.messages)
+    messages = encoder.encode_all(request.messages)
     return head[:-1] + b',"messages":[' + messages + b"]}"
 
 
