@@ -119,25 +119,31 @@ class Ledger:
 
         def run(conn: sqlite3.Connection) -> list[tuple[bool, LedgerEntry]]:
             now = time.time()
-            results: list[tuple[bool, LedgerEntry]] = []
             with transaction(conn):
-                for (source, delivery_id, namespace, payload), blob in zip(
-                        items, encoded, strict=True):
-                    # Insert first: a new message (the common case) costs one statement;
-                    # a repeat is looked up only when the insert found it there.
-                    ledger_id = self._next_id(conn)
-                    inserted = conn.execute(
-                        "INSERT INTO ledger (source, delivery_id, id, namespace, state, "
-                        "payload, created_at, updated_at) "
-                        "VALUES (?, ?, ?, ?, 'received', ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (source, delivery_id, ledger_id, namespace, blob, now, now)).rowcount
-                    if not inserted:
-                        self._last_id = ledger_id - 1  # that id was not used
+                # Every item gets the next id and one batched INSERT that skips repeats;
+                # only when some were skipped are the items looked up (a stored row with
+                # another id than the one just given is a repeat; that id stays unused).
+                ids = [self._next_id(conn) for _ in items]
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT INTO ledger (source, delivery_id, id, namespace, state, "
+                    "payload, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'received', ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(source, delivery_id, ledger_id, namespace, blob, now, now)
+                     for (source, delivery_id, namespace, _), ledger_id, blob
+                     in zip(items, ids, encoded, strict=True)])
+                all_new = conn.total_changes - before == len(items)
+                results: list[tuple[bool, LedgerEntry]] = []
+                for (source, delivery_id, namespace, payload), ledger_id in zip(
+                        items, ids, strict=True):
+                    if not all_new:
                         row = conn.execute(
                             f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND "
                             "delivery_id = ?", (source, delivery_id)).fetchone()
-                        results.append((False, _row(row)))
-                        continue
+                        entry = _row(row)
+                        if entry.id != ledger_id:
+                            results.append((False, entry))
+                            continue
                     results.append((True, LedgerEntry(
                         ledger_id, source, delivery_id, namespace, "received",
                         {} if isinstance(payload, bytes) else payload, None, now, now)))
@@ -169,15 +175,13 @@ class Ledger:
         def run(conn: sqlite3.Connection) -> None:
             now = time.time()
             with transaction(conn):
-                for state, blob, (source, delivery_id) in rows:
-                    if blob is None:
-                        conn.execute("UPDATE ledger SET state = ?, updated_at = ? "
-                                     "WHERE source = ? AND delivery_id = ?",
-                                     (state, now, source, delivery_id))
-                    else:
-                        conn.execute("UPDATE ledger SET state = ?, reply = ?, updated_at = ? "
-                                     "WHERE source = ? AND delivery_id = ?",
-                                     (state, blob, now, source, delivery_id))
+                # One statement for the whole batch, in order: a NULL reply keeps the
+                # stored one.
+                conn.executemany(
+                    "UPDATE ledger SET state = ?, reply = coalesce(?, reply), updated_at = ? "
+                    "WHERE source = ? AND delivery_id = ?",
+                    [(state, blob, now, source, delivery_id)
+                     for state, blob, (source, delivery_id) in rows])
 
         await self.db.run(run)
 
