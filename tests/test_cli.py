@@ -12,13 +12,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The real console script the package installs, next to the interpreter running the tests.
+SCRIPT = Path(sys.executable).parent / "orrad"
+
 
 def orrad(*args: str, cwd: Path, stdin: str = "", env: dict[str, str] | None = None,
           timeout: float = 30) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("ORRAD_", "NOTIFY_"))}
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "orrad", *args], cwd=cwd, input=stdin, capture_output=True,
+        [str(SCRIPT), *args], cwd=cwd, input=stdin, capture_output=True,
         text=True, timeout=timeout, env=environ, check=False,
     )
 

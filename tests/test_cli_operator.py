@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.test_cli import orrad
+from tests.test_cli import SCRIPT, orrad
 
 
 def test_check_warns_about_a_missing_channels_dir(tmp_path: Path) -> None:
@@ -21,7 +20,7 @@ def test_check_warns_about_a_missing_channels_dir(tmp_path: Path) -> None:
 def test_run_says_that_channels_dir_is_missing(tmp_path: Path) -> None:
     (tmp_path / "orrad.yaml").write_text("channels_dir: nowhere\napi:\n  listen: ''\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORRAD_", "NOTIFY_"))}
-    with subprocess.Popen([sys.executable, "-m", "orrad", "run"], cwd=tmp_path, env=env,
+    with subprocess.Popen([str(SCRIPT), "run"], cwd=tmp_path, env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True) as process:
         assert process.stderr is not None

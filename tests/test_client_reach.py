@@ -22,9 +22,11 @@ from tests.daemon_process import DaemonProcess, free_port
 
 TICKER = "kind: ticker\nlabel: a\n"
 
+SCRIPT = Path(sys.executable).parent / "orrad"  # the real console script
+
 
 def run_cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orrad", *args, "-c", str(config)],
+    return subprocess.run([str(SCRIPT), *args, "-c", str(config)],
                           capture_output=True, text=True, timeout=30, check=False,
                           cwd=config.parent)
 
