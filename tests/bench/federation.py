@@ -42,7 +42,6 @@ import functools
 import json
 import logging
 import secrets
-import signal
 import statistics
 import sys
 import tempfile
@@ -58,6 +57,7 @@ import trio
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.bench.cli import add_workdir, report_main
 from tests.bench.loadgen import percentile
 from tests.bench.webhook import (
     Child,
@@ -285,9 +285,6 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
     return report, ok
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: children get stopped
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the JSON report; 0 when every request succeeded."""
@@ -302,29 +299,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="namespaces per kind the requests rotate over (default 16)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="per-request timeout in seconds (default 10)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="a new folder to keep configs, state and logs in (default: a "
-                             "temporary folder, removed afterwards)")
+    add_workdir(parser)
     args = parser.parse_args(argv)
     if min(args.requests, args.concurrency, args.namespaces) < 1 or args.warmup < 0 \
             or args.timeout <= 0:
         parser.error("requests, concurrency and namespaces must be at least 1, warm-up at "
                      "least 0, timeout positive")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
-    signal.signal(signal.SIGTERM, _terminate)
     opts = Options(requests=args.requests, warmup=args.warmup,
                    concurrency=args.concurrency, namespaces=args.namespaces,
                    timeout_s=args.timeout, workdir=args.workdir)
-    try:
-        report, ok = run_benchmark(opts)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0 if ok else 1
+    return report_main(lambda: run_benchmark(opts))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import logging
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -61,6 +59,7 @@ from orrad.runtime.sessions import Session
 from orrad.state import Database, SqliteSessionStore
 from orrad.state.db import DB_FILENAME
 from tests.bench import webhook
+from tests.bench.cli import add_workdir, report_main
 
 __all__ = ["Options", "main", "run_benchmark", "seed_sessions"]
 
@@ -209,9 +208,6 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
     return report, ok
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: children get stopped
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the JSON report; 0 when both measurements ran cleanly."""
@@ -234,32 +230,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-request timeout in seconds (default 10)")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator (default auto: wrk when installed)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="a new folder to keep configs, state and logs in (default: a "
-                             "temporary folder, removed afterwards)")
+    add_workdir(parser)
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.timeout <= 0 or min(
             args.concurrency, args.short_namespaces, args.long_namespaces) < 1 or min(
             args.short_messages, args.long_messages) < 0:
         parser.error("duration and timeout must be positive, warm-up and messages at least "
                      "0, concurrency and namespaces at least 1")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
     opts = Options(duration_s=args.duration, warmup_s=args.warmup,
                    concurrency=args.concurrency, short_messages=args.short_messages,
                    short_namespaces=args.short_namespaces, long_messages=args.long_messages,
                    long_namespaces=args.long_namespaces, timeout_s=args.timeout,
                    loadgen=args.loadgen, workdir=args.workdir)
-    try:
-        report, ok = run_benchmark(opts)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0 if ok else 1
+    return report_main(lambda: run_benchmark(opts))
 
 
 if __name__ == "__main__":

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import logging
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -46,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 from tests.bench import webhook
+from tests.bench.cli import add_workdir, report_main
 from tests.bench.history import message_counts
 
 __all__ = ["Options", "main", "rss_kib", "run_benchmark"]
@@ -143,9 +142,6 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
     return report, ok
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: the daemon gets stopped
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the JSON report; 0 when every message was answered."""
@@ -160,28 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between the last answer and each reading (default 2)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="per-request timeout in seconds (default 30)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="a new folder to keep configs, state and logs in (default: a "
-                             "temporary folder, removed afterwards)")
+    add_workdir(parser)
     args = parser.parse_args(argv)
     if min(args.sessions, args.concurrency) < 1 or args.warm_requests < 0 or \
             args.settle < 0 or args.timeout <= 0:
         parser.error("sessions and concurrency must be at least 1, warm requests and settle "
                      "at least 0, timeout positive")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
     opts = Options(sessions=args.sessions, warm_requests=args.warm_requests,
                    concurrency=args.concurrency, settle_s=args.settle,
                    timeout_s=args.timeout, workdir=args.workdir)
-    try:
-        report, ok = run_benchmark(opts)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0 if ok else 1
+    return report_main(lambda: run_benchmark(opts))
 
 
 if __name__ == "__main__":

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import re
 import secrets
 import select
-import signal
 import socket
 import statistics
 import subprocess
@@ -48,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 from tests.bench import webhook
+from tests.bench.cli import add_workdir, report_main
 
 __all__ = ["Options", "main", "run_benchmark", "time_to_ready"]
 
@@ -181,9 +180,6 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
     return report, ok
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: the daemon gets stopped
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the JSON report; 0 when every run got ready and stopped."""
@@ -191,24 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed starts (default 5)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for READY=1 (default 30)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="a new folder to keep configs, state and logs in (default: a "
-                             "temporary folder, removed afterwards)")
+    add_workdir(parser)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.timeout <= 0:
         parser.error("runs must be at least 1, timeout positive")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
     opts = Options(runs=args.runs, timeout_s=args.timeout, workdir=args.workdir)
-    try:
-        report, ok = run_benchmark(opts)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0 if ok else 1
+    return report_main(lambda: run_benchmark(opts))
 
 
 if __name__ == "__main__":

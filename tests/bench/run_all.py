@@ -46,7 +46,6 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import orrad
 from tests.bench import federation, history, idle, ready, webhook, wrk
+from tests.bench.cli import add_workdir, setup
 
 __all__ = ["TARGETS", "choose_loadgen", "install_wrk", "main", "run_all"]
 
@@ -291,9 +291,6 @@ def _first_error(report: dict[str, Any]) -> str | None:
     return None
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: children get stopped
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run everything, print the summary as the last line of stdout."""
@@ -304,14 +301,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="load generator (default auto: wrk when installed)")
     parser.add_argument("--details", type=Path, default=None,
                         help="also write every benchmark's whole report (JSON) to this file")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="a new folder to keep configs, state and logs in (default: a "
-                             "temporary folder, removed afterwards)")
+    add_workdir(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
     began = time.monotonic()
     loadgen, note = choose_loadgen(args.loadgen, args.install_wrk)
     try:

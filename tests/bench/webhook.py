@@ -78,6 +78,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench import loadgen, wrk
+from tests.bench.cli import add_workdir, report_main
 
 __all__ = ["Options", "main", "orrad_daemon", "post_each", "run_benchmark"]
 
@@ -553,9 +554,6 @@ def run_benchmark(opts: Options) -> tuple[dict[str, Any], bool]:
     return report, ok
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: children get stopped
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the JSON report; 0 when every scenario ran."""
@@ -578,28 +576,16 @@ def main(argv: list[str] | None = None) -> int:
                              "(default auto)")
     parser.add_argument("--no-echo-wide", dest="echo_wide", action="store_false",
                         help="skip the echo daemon at the OpenAI scenario's width")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="a new folder to keep configs, state and logs in (default: a "
-                             "temporary folder, removed afterwards)")
+    add_workdir(parser)
     args = parser.parse_args(argv)
     if min(args.duration, args.openai_delay, args.timeout) <= 0 or args.warmup < 0 or min(
             args.concurrency, args.openai_concurrency) < 1:
         parser.error("durations, delay and timeout must be positive; concurrency at least 1")
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _terminate)
     opts = Options(duration_s=args.duration, warmup_s=args.warmup,
                    concurrency=args.concurrency, openai_concurrency=args.openai_concurrency,
                    openai_delay_s=args.openai_delay, timeout_s=args.timeout,
                    loadgen=args.loadgen, echo_wide=args.echo_wide, workdir=args.workdir)
-    try:
-        report, ok = run_benchmark(opts)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0 if ok else 1
+    return report_main(lambda: run_benchmark(opts))
 
 
 if __name__ == "__main__":
