@@ -72,13 +72,13 @@ def _client_settings_only(path: str) -> DaemonConfig:
     values: dict[str, str] = {}
     for key, default in (("listen", defaults.api.listen), ("token", defaults.api.token)):
         values[key] = _expanded(api.get(key, default), f"api.{key}", path, base_dir)
-    state_dir = defaults.state_dir
     if "state_dir" in raw:
         state_dir = _expanded(raw["state_dir"], "state_dir", path, base_dir)
-        state_dir = os.path.normpath(os.path.join(base_dir, os.path.expanduser(state_dir)))
-    else:
-        state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or state_dir
-        state_dir = os.path.normpath(os.path.join(base_dir, state_dir))
+    else:  # as the loader does: systemd's STATE_DIRECTORY, else the default (".orrad")
+        state_dir = (os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+                     or DaemonConfig().state_dir)
+    # Relative to the daemon file's folder, like every path in it.
+    state_dir = os.path.normpath(os.path.join(base_dir, os.path.expanduser(state_dir)))
     return msgspec.structs.replace(defaults, state_dir=state_dir, api=ApiConfig(**values))
 
 

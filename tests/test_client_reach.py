@@ -19,17 +19,9 @@ from orrad.state.address import (
     record_api_address,
 )
 from tests.daemon_process import DaemonProcess, free_port
+from tests.test_reload_daemon_file import run_cli
 
 TICKER = "kind: ticker\nlabel: a\n"
-
-SCRIPT = Path(sys.executable).parent / "orrad"  # the real console script
-
-
-def run_cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args, "-c", str(config)],
-                          capture_output=True, text=True, timeout=30, check=False,
-                          cwd=config.parent)
-
 
 async def cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     return await trio.to_thread.run_sync(lambda: run_cli(*args, config=config))
