@@ -92,6 +92,8 @@ API_SOURCE = "api"
 CHANNEL_HTTP_TIMEOUT_S = 30.0  # channels' own requests (webhook callbacks)
 # Keys of the daemon file that only a restart applies (CONTRACT §2.1).
 RESTART_KEYS = ("instance", "state_dir", "api", "routing", "federation")
+# How long a reload waits for the channels it started to have their first start attempt.
+RELOAD_START_WAIT_S = 5.0
 # Worker threads that read configuration files at once. A thread stuck in a read (a hung
 # network file system) is abandoned but keeps its token until the read returns: a limiter
 # of their own keeps such threads from starving the state store's.
@@ -388,6 +390,10 @@ class Daemon:
         outcomes = {path: await self._read_channel_file(path, config, kinds) for path in files}
         channel_set = collect_channels(outcomes, holders)
         results = await self.manager.apply(channel_set.ok, channel_set.errors)
+        # What a reload started answers only once it has had its first start attempt (a
+        # webhook is listening when `orrad reload` says "started"), within a bound.
+        with trio.move_on_after(RELOAD_START_WAIT_S):
+            await self.manager.wait_first_attempts()
         for result in results:
             if result.result != "unchanged":
                 log.info("channel file %s: %s", result.file, result.result)

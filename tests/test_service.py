@@ -136,6 +136,26 @@ async def test_status_follows_a_channel_started_by_a_reload(tmp_path: Path) -> N
         receiver.close()
 
 
+async def test_reload_answers_once_a_started_channel_had_its_first_attempt(
+        tmp_path: Path) -> None:
+    """``orrad reload`` saying "started" means started: a webhook added by it listens by
+    then (here a channel whose start takes 2 s is running when the answer comes)."""
+    daemon = DaemonProcess(tmp_path)
+    daemon.write_channel("t.yaml", TICKER.format(label="a"))
+    await daemon.start()
+    try:
+        await daemon.wait_api()
+        daemon.write_channel("slow.yaml", "kind: ticker\nlabel: slow\nstart_delay: 2\n")
+        response = await daemon.post("/v1/reload")
+        assert response.status_code == 200
+        assert {"file": str(daemon.channels / "slow.yaml"), "result": "started",
+                "error": None} in response.json()["files"]
+        states = await daemon.channel_states()
+        assert states["slow"][0] == "running", states
+    finally:
+        assert await daemon.stop() == 0
+
+
 async def test_watchdog_pings_stop_while_loop_is_blocked(tmp_path: Path) -> None:
     receiver = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock_path = str(tmp_path / "wd.sock")

@@ -1,7 +1,8 @@
 """A third-party channel kind, installed in tests through the ``orrad.channels`` entry point.
 
 It stays connected until cancelled and never receives anything; ``fail_start: true`` makes
-every start fail, so tests can watch the supervisor.
+every start fail, so tests can watch the supervisor; ``start_delay`` (seconds) makes a
+start take that long.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from orrad.config import ChannelConfig
 class TickerConfig(ChannelConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
     label: str = "tick"
     fail_start: bool = False
+    start_delay: float = 0.0
 
 
 class TickerChannel(BaseChannel):
@@ -27,6 +29,7 @@ class TickerChannel(BaseChannel):
         assert isinstance(self.config, TickerConfig)
         if self.config.fail_start:
             raise ConnectionRefusedError("ticker cannot connect")
+        await trio.sleep(self.config.start_delay)
         task_status.started()
         await trio.sleep_forever()
 
