@@ -172,3 +172,58 @@ async def test_failures_are_provider_errors(autojump_clock: trio.testing.MockClo
             with pytest.raises(ProviderError, match="invalid URL"):
                 await _one(client, "http://127.0.0.1:99999999/")()
         nursery.cancel_scope.cancel()
+
+
+async def _raw_server(nursery: trio.Nursery, answers: list[bytes],
+                      requests: list[bytes]) -> int:
+    """Answer each connection's first request with the next of ``answers`` (raw bytes),
+    then close; what was received is kept in ``requests``."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(rest) < length:  # all of it: closing with unread bytes would reset
+            rest += await stream.receive_some(65536)
+        requests.append(data)
+        await stream.send_all(answers.pop(0))
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_interim_answers_bodies_until_close_and_header_checks() -> None:
+    requests: list[bytes] = []
+    answers = [
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+        b"x-a: 1\r\nX-A: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"until\": \"close\"}",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\ncut",
+    ]
+    async with trio.open_nursery() as nursery:
+        port = await _raw_server(nursery, answers, requests)
+        url = f"http://127.0.0.1:{port}/v1/x?y=1"
+        async with make_http_client(2) as client:
+            first = await client.post(url, headers={"Authorization": "Bearer k"}, body=b"{}",
+                                      timeout_s=5)
+            assert (first.status, first.body, first.headers["x-a"]) == (200, b"ok", "1, 2")
+            head = requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+            assert head[0] == b"POST /v1/x?y=1 HTTP/1.1"
+            assert f"host: 127.0.0.1:{port}".encode() in head
+            assert b"content-length: 2" in head and b"Authorization: Bearer k" in head
+            second = await client.post(url, headers={}, body=b"", timeout_s=5)
+            assert second.body == b'{"until": "close"}'
+            with pytest.raises(ProviderUnavailable, match="closed the connection"):
+                await client.post(url, headers={}, body=b"", timeout_s=5)
+            with pytest.raises(ProviderError, match="cannot be sent"):
+                await client.post(url, headers={"x-key": "k\r\nx-injected: 1"}, body=b"",
+                                  timeout_s=5)
+            assert len(requests) == 3  # the refused one never left
+        nursery.cancel_scope.cancel()
