@@ -203,7 +203,7 @@ async def test_interim_answers_bodies_until_close_and_header_checks() -> None:
     requests: list[bytes] = []
     answers = [
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
-        b"x-a: 1\r\nX-A: 2\r\n\r\nok",
+        b"x-a: 1\r\nX-A: 2\r\nconnection: close\r\n\r\nok",  # said, so not pooled
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"until\": \"close\"}",
         b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\ncut",
     ]
