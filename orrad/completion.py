@@ -29,6 +29,7 @@ class _Level:
     commands: list[tuple[str, str]] = field(default_factory=list)  # (name, help)
     choices: list[tuple[str, str]] = field(default_factory=list)  # a positional's fixed values
     options: list[_Option] = field(default_factory=list)
+    dirs: bool = False  # a positional names a folder (``init DIR``)
 
 
 def _levels(parser: argparse.ArgumentParser, path: str = "") -> list[_Level]:
@@ -57,6 +58,8 @@ def _levels(parser: argparse.ArgumentParser, path: str = "") -> list[_Level]:
                                          kind, choices))
         elif action.choices:
             level.choices += [(str(c), action.help or "") for c in action.choices]
+        elif action.metavar == "DIR":
+            level.dirs = True
     return [level, *below]
 
 
@@ -127,11 +130,22 @@ _orrad_options() {{
 {_case(levels, lambda level: [flag for option in level.options for flag in option.flags])}
     esac
 }}
+_orrad_takes_dir() {{  # whether a positional of this (sub)command names a folder
+    case $1 in
+{_dir_arms(levels)}
+        *) return 1;;
+    esac
+}}
 _orrad_option_kind() {{  # "file", "value" or "choice WORD..." for an option that takes a value
     case "$1|$2" in
 {_option_kinds(levels)}
     esac
 }}"""
+
+
+def _dir_arms(levels: list[_Level]) -> str:
+    return "\n".join(f"        {shlex.quote(level.path)}) return 0;;"
+                     for level in levels if level.dirs)
 
 
 def _bash_script(levels: list[_Level], head: str) -> str:
@@ -160,6 +174,10 @@ _orrad() {{
         mapfile -t COMPREPLY < <(compgen -W "$(_orrad_options "$cmdpath")" -- "$cur")
     else
         mapfile -t COMPREPLY < <(compgen -W "$(_orrad_words "$cmdpath")" -- "$cur")
+        if _orrad_takes_dir "$cmdpath"; then
+            compopt -o dirnames 2>/dev/null
+            mapfile -t -O "${{#COMPREPLY[@]}}" COMPREPLY < <(compgen -d -- "$cur")
+        fi
     fi
 }}
 complete -F _orrad orrad
@@ -218,6 +236,9 @@ _orrad() {{
     else
         described=("${{(@f)$(_orrad_described_words "$cmdpath")}}")
         _describe -t commands command described
+        if _orrad_takes_dir "$cmdpath"; then
+            _files -/
+        fi
     fi
 }}
 if [[ ${{zsh_eval_context[-1]}} == loadautofunc ]]; then
@@ -268,6 +289,8 @@ def _fish_script(levels: list[_Level], head: str) -> str:
         at = "-n " + _fish_quote(f"__orrad_at {_fish_quote(level.path)}")
         for name, text in level.commands + level.choices:
             lines.append(f"complete -c orrad {at} -a {_fish_quote(name)} -d {_fish_quote(text)}")
+        if level.dirs:
+            lines.append(f"complete -c orrad {at} -a '(__fish_complete_directories)'")
         for option in level.options:
             spec = " ".join(f"-s {flag[1:]}" if len(flag) == 2 else f"-l {flag[2:]}"
                             for flag in option.flags)

@@ -475,11 +475,14 @@ reply orrad completion ""
 reply orrad init --provider o
 reply orrad -c
 reply orrad run -c orr
+reply orrad init my
 """
 
 
 def test_bash_completion_knows_every_command(tmp_path: Path) -> None:
     (tmp_path / "orrad.yaml").write_text("")
+    (tmp_path / "mybot").mkdir()
+    (tmp_path / "mynotes.txt").write_text("")  # a file: not offered as a folder
     env = clean_env(PATH=f"{SCRIPT.parent}{os.pathsep}{os.environ['PATH']}")
     done = subprocess.run(["bash", "-c", BASH_COMPLETE], cwd=tmp_path, capture_output=True,
                           text=True, env=env, timeout=30, check=False)
@@ -491,7 +494,7 @@ def test_bash_completion_knows_every_command(tmp_path: Path) -> None:
     assert lines[2:] == [
         "send|sessions|", "delete|", "-h|--help|-c|--config|", "--watch|", "bash|zsh|fish|",
         "openai|ollama|", "|",  # the top level has no -c
-        "orrad.yaml|"]
+        "orrad.yaml|", "mybot|"]  # init DIR: folders
 
 
 def test_completion_scripts_list_every_command(tmp_path: Path) -> None:
