@@ -10,13 +10,12 @@ arrived, nothing when the connection was idle.
 Requests are parsed by llhttp (:mod:`orrad.http.parser`); the one place raw bytes are read
 without it is the bounded discard after an early error response, where they are thrown away
 unparsed. Responses are written here: a status line, the handler's headers (checked, see
-:func:`_header_lines`), ``Content-Length``, ``Server`` and ``Date``.
+:func:`header_line`), ``Content-Length``, ``Server`` and ``Date``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
@@ -29,6 +28,7 @@ import trio
 from orrad.http.limits import ServerLimits
 from orrad.http.messages import Handler, HTTPError, Request, Response, error_response
 from orrad.http.parser import END, NEED_DATA, Body, Head, ProtocolError, RequestParser
+from orrad.httpfields import InvalidField, LineCache, field_line, valid_value
 
 # The server's logger, so that one logger name covers everything orrad.http.server runs.
 logger = logging.getLogger("orrad.http.server")
@@ -45,41 +45,29 @@ _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) f
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLOSE_LINE = b"connection: close\r\n"
 _NO_LENGTH = frozenset({204, 304})  # RFC 9110 §8.6: no Content-Length on these
-# RFC 9110 §5.1 token; values: visible ASCII, spaces and tabs inside, none around.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
 # The server writes these itself; a handler setting one would frame the response wrongly.
 _SERVER_OWNED = frozenset({"content-length", "transfer-encoding", "connection"})
-_MAX_CACHED_LINES = 512
 
 # (second, "date: ...\r\n") shared by all servers in the process.
 _fixed_cache: tuple[int, bytes] = (0, b"")
 
 
-class InvalidHeader(ValueError):
-    """A handler's response header that cannot be written as it is."""
-
-
 def header_line(name: str, value: str) -> bytes:
-    """``name: value\r\n``, after checking both (a newline in a value would let the value
-    write headers of its own).
+    """A handler's header as a line (:func:`orrad.httpfields.field_line`).
 
     Raises:
-        InvalidHeader: the name is not a token, the value has control or non-ASCII
-            characters or surrounding whitespace, or the header is one the server sets.
+        InvalidField: it cannot be written, or it is one the server sets itself.
     """
-    if _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
-        raise InvalidHeader(f"invalid response header {name!r}: {value!r}")
     if name.lower() in _SERVER_OWNED:
-        raise InvalidHeader(f"response header {name!r} is the server's to set")
-    return f"{name}: {value}\r\n".encode("ascii")
+        raise InvalidField(f"response header {name!r} is the server's to set")
+    return field_line(name, value)
 
 
 def _status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:
         if not 200 <= status <= 999:
-            raise InvalidHeader(f"invalid response status {status!r}")
+            raise InvalidField(f"invalid response status {status!r}")
         line = b"HTTP/1.1 %d \r\n" % status
     return line
 
@@ -157,11 +145,10 @@ class Shared:
         self.limits = limits
         self.route = route
         self.name = name
-        if _TOKEN.fullmatch("server") is None or _VALUE.fullmatch(server_header) is None:
+        if not valid_value(server_header):
             raise ValueError(f"invalid server_header {server_header!r}")
         self.server_line = b"server: " + server_header.encode("ascii") + b"\r\n"
-        # Encoded handler header lines by (name, value): most responses repeat a few.
-        self.header_lines: dict[tuple[str, str], bytes] = {}
+        self.header_lines = LineCache(header_line)  # most responses repeat a few
         self.connections: set[Connection] = set()
         self.per_host: dict[str, int] = {}  # open connections by client address
         self.in_flight = 0
@@ -182,24 +169,6 @@ class Shared:
         if _fixed_cache[0] != now:
             _fixed_cache = (now, self._date_line(now))
         return self.server_line + _fixed_cache[1]
-
-    def encode_headers(self, headers: list[tuple[str, str]]) -> bytes:
-        """The handler's header lines (see :func:`header_line`), from the cache if seen.
-
-        Raises:
-            InvalidHeader: one of them cannot be written.
-        """
-        cache = self.header_lines
-        out = b""
-        for pair in headers:
-            line = cache.get(pair)
-            if line is None:
-                line = header_line(*pair)
-                if len(cache) >= _MAX_CACHED_LINES:
-                    cache.clear()
-                cache[pair] = line
-            out += line
-        return out
 
     def admit(self, conn: Connection) -> bool:
         """Register a new connection, making room for it if the server or its client's
@@ -480,7 +449,7 @@ class Connection:
         for HEAD, 204 and 304).
 
         Raises:
-            InvalidHeader: the handler's status or headers cannot be written.
+            InvalidField: the handler's status or headers cannot be written.
         """
         status = resp.status
         body = resp.body
@@ -488,7 +457,8 @@ class Connection:
         if status not in _NO_LENGTH:
             head += b"content-length: %d\r\n" % len(body)
         if resp.headers:
-            head += self.shared.encode_headers(resp.headers)
+            line = self.shared.header_lines.line
+            head += b"".join([line(name, value) for name, value in resp.headers])
         if close:
             head += _CLOSE_LINE
         head += self.shared.fixed_lines() + b"\r\n"
@@ -499,7 +469,7 @@ class Connection:
     def _encode_or_500(self, resp: Response, close: bool, method: str) -> bytes:
         try:
             return self._encode(resp, close, method)
-        except InvalidHeader:
+        except InvalidField:
             # The handler produced a status or headers that cannot be sent (e.g. a newline
             # in a value): it is the handler's bug, answered as one.
             logger.exception("%s: invalid response from handler", self.shared.name)

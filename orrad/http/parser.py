@@ -153,7 +153,7 @@ class RequestParser:
         if version == "1.1":
             hosts = sum(1 for name, _ in headers if name == b"host")
             if hosts != 1:
-                raise _HostMissing("missing Host header" if not hosts
+                raise _BadHost("missing Host header" if not hosts
                                    else "more than one Host header")
         keep_alive = bool(parser.should_keep_alive())
         target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
@@ -181,11 +181,14 @@ class RequestParser:
             # The request asked to switch protocols: it is answered, then the connection
             # closes (orrad speaks only HTTP/1.1); whatever followed its head is ignored.
             self._stopped = True
-            self.keep_alive = False
+            for event in reversed(self._events):  # its answer says the connection closes
+                if type(event) is Head:
+                    event.keep_alive = False
+                    break
             self._events.append(CLOSED)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            message = str(cause) if isinstance(cause, _HostMissing) else str(exc)
+            message = str(cause) if isinstance(cause, _BadHost) else str(exc)
             self._fail(ProtocolError(message))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(str(exc) or "malformed request"))
@@ -236,5 +239,5 @@ class RequestParser:
         self.waiting_for_continue = False
 
 
-class _HostMissing(Exception):
+class _BadHost(Exception):
     """Raised inside llhttp's callback (which wraps it); see :meth:`RequestParser.receive_data`."""

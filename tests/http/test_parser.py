@@ -126,6 +126,7 @@ async def test_a_protocol_switch_is_answered_then_closed(nursery: trio.Nursery) 
            b"\x81\x05hello")  # bytes of the other protocol are never parsed as HTTP
     reply = await exchange(addr, raw)
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1") == 1
+    assert b"\r\nconnection: close\r\n" in reply
 
 
 async def test_headers_reach_the_handler_normalised(nursery: trio.Nursery) -> None:

@@ -24,7 +24,6 @@ support: the daemon's provider client never used the environment's proxies.
 
 from __future__ import annotations
 
-import re
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,6 +33,7 @@ import httptools
 import trio
 
 from orrad.errors import ProviderError, ProviderUnavailable
+from orrad.httpfields import InvalidField, LineCache, field_line
 from orrad.sync import acquire
 
 __all__ = ["KEEPALIVE_EXPIRY_S", "MAX_BODY_BYTES", "Answer", "ProviderClient"]
@@ -41,10 +41,7 @@ __all__ = ["KEEPALIVE_EXPIRY_S", "MAX_BODY_BYTES", "Answer", "ProviderClient"]
 KEEPALIVE_EXPIRY_S = 30.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 READ_SIZE = 65536
-# RFC 9110 field names and values (visible ASCII, inner spaces and tabs): a key or header
-# from configuration with a newline in it must not write headers of its own.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?")
+# Written by the client itself; the same names among a provider's headers are left out.
 _OWN_HEADERS = frozenset({"host", "content-length", "user-agent", "transfer-encoding",
                           "connection"})
 
@@ -148,8 +145,7 @@ class ProviderClient:
         self._connect_timeout_s = connect_timeout_s
         self._user_agent = user_agent
         self._tls: ssl.SSLContext | None = None
-        # Encoded request header lines by (name, value): a provider sends the same few.
-        self._lines: dict[tuple[str, str], bytes] = {}
+        self._lines = LineCache(field_line, 256)  # a provider sends the same few headers
 
     async def __aenter__(self) -> ProviderClient:
         return self
@@ -244,21 +240,15 @@ class ProviderClient:
         head = (f"POST {target} HTTP/1.1\r\nhost: {_host_header(origin)}\r\n"
                 f"user-agent: {self._user_agent}\r\ncontent-length: {len(body)}\r\n"
                 ).encode("ascii")
-        lines = self._lines
-        for pair in headers.items():
-            line = lines.get(pair)
-            if line is None:
-                name, value = pair
-                if name.lower() in _OWN_HEADERS:
-                    continue
-                if _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
-                    raise ProviderError(f"request failed: header {name!r} has a value that "
-                                        "cannot be sent (control or non-ASCII characters)")
-                line = f"{name}: {value}\r\n".encode("ascii")
-                if len(lines) >= 256:
-                    lines.clear()
-                lines[pair] = line
-            head += line
+        line = self._lines.line
+        for name, value in headers.items():
+            if name.lower() in _OWN_HEADERS:
+                continue
+            try:
+                head += line(name, value)
+            except InvalidField:  # a key from configuration with a newline, say: never shown
+                raise ProviderError(f"request failed: header {name!r} has a value that "
+                                    "cannot be sent (control or non-ASCII characters)") from None
         return head + b"\r\n" + body
 
     async def _send_and_read(self, connection: _Connection,
