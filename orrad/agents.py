@@ -6,6 +6,7 @@ import os
 
 from orrad.config import DaemonConfig, normalized_base_url
 from orrad.errors import ConfigError
+from orrad.metrics import Metrics
 from orrad.model import Namespace
 from orrad.router import AgentSet
 from orrad.runtime.loop import NamespaceLocks, Runtime, RuntimeConfig
@@ -64,8 +65,10 @@ def build_agents(
     tools: ToolRegistry,
     client: HTTPClient,
     locks: NamespaceLocks | None = None,
+    metrics: Metrics | None = None,
 ) -> AgentSet:
-    """One :class:`Runtime` per configured agent, sharing store, locks and HTTP client."""
+    """One :class:`Runtime` per configured agent, sharing store, locks, HTTP client and
+    metrics (private ones when none are given)."""
     providers = build_providers(config, client)
     policies = build_policies(config)
     locks = locks or NamespaceLocks()
@@ -93,6 +96,7 @@ def build_agents(
             ),
             name=name,
             locks=locks,
+            metrics=metrics,
         )
     default = config.default_agent or next(iter(config.agents))
     return AgentSet(runtimes, default)

@@ -68,7 +68,7 @@ from orrad.metrics import (
 )
 from orrad.model import InboundMessage, Namespace
 from orrad.peering import Federation
-from orrad.router import AgentSet, Discard, Router
+from orrad.router import Discard, Router
 from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import HTTPClient, make_http_client
 from orrad.runtime.tools import ToolRegistry, default_tool_registry
@@ -266,12 +266,6 @@ class Daemon:
             families += self.federation.gauge_families()
         return families
 
-    def _count_into_metrics(self, agents: AgentSet) -> AgentSet:
-        """``agents`` with their runtimes counting into this daemon's metrics."""
-        for runtime in agents.runtimes.values():
-            runtime.metrics = self.metrics
-        return agents
-
     # -- lifecycle -----------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -438,11 +432,12 @@ class Daemon:
         try:
             # Tokenizer files may be read for the first time: off the event loop too.
             agents = await trio.to_thread.run_sync(lambda: build_agents(
-                fresh, store=self.store, tools=self.tools, client=client, locks=self.locks))
+                fresh, store=self.store, tools=self.tools, client=client, locks=self.locks,
+                metrics=self.metrics))
         except OrradError as exc:
             log.error("%s (daemon file not reloaded)", exc)
             return FileResult(shown, "rejected", f"{shown}: {exc}")
-        self.router.agents = self._count_into_metrics(agents)
+        self.router.agents = agents
         self.config = fresh
         log.info("daemon file %s: reloaded", shown)
         return FileResult(shown, "reloaded", note=note)
@@ -484,8 +479,8 @@ class Daemon:
             await self._serve(client)
 
     async def _serve(self, client: HTTPClient) -> None:
-        agents = self._count_into_metrics(build_agents(
-            self.config, store=self.store, tools=self.tools, client=client, locks=self.locks))
+        agents = build_agents(self.config, store=self.store, tools=self.tools, client=client,
+                              locks=self.locks, metrics=self.metrics)
         async with contextlib.AsyncExitStack() as stack:
             federation: Federation | None = None
             if self.config.federation is not None:
