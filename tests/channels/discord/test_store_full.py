@@ -44,6 +44,9 @@ async def test_full_store_stops_acknowledging_then_answers_once(full_disk_dir: P
         async with run_bot(fake, db) as bot:
             before = await send(fake, "before")
             await until(fake, lambda: len(fake.messages_posted) == 1)
+            # The resume point is saved within seq_save_interval_s of the dispatch, not with
+            # the answer: wait for it (re-checked at each heartbeat the fake records).
+            await until(fake, lambda: saved_seq(db) is not None)
             seq_before = saved_seq(db)
             filler = fill(full_disk_dir)
             during = await send(fake, "during")
