@@ -9,6 +9,10 @@ The worker is never abandoned on cancellation: an operation is either committed 
 started, never in an unknown state. WAL keeps outside readers (the ``orrad sessions`` CLI)
 unblocked.
 
+:meth:`Database.read` runs lookups on a second, query-only connection, batched the same
+way: under WAL a reader sees the last commit and never waits for the writer, so a lookup
+on the message path does not wait for a batch's fsync.
+
 A database this orrad must not use is refused when it is opened: one written by a newer
 orrad (its ``user_version`` is past the last migration here), or, for the daemon, one that
 fails ``PRAGMA quick_check`` (run on a connection of its own, so the check does not fill
@@ -117,6 +121,10 @@ class Database:
         self._queue: list[_Op[Any]] = []
         self._flushing = False
         self._batch_done = trio.Event()
+        self._reader: sqlite3.Connection | None = None
+        self._reads: list[_Op[Any]] = []
+        self._reading = False
+        self._reads_done = trio.Event()
 
     @classmethod
     def in_state_dir(cls, state_dir: str, *, read_only: bool = False) -> Database:
@@ -155,11 +163,23 @@ class Database:
                 # busy daemon to the OS.
                 conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
                 self._migrate(conn)
+                self._reader = self._open_reader()
         except sqlite3.Error as exc:
             if is_corruption(exc):
                 raise StoreCorrupt(str(exc), self.path, hint=MOVE_IT_AWAY) from exc
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            reader.execute("PRAGMA busy_timeout = 5000")
+            reader.execute("PRAGMA query_only = 1")
+            reader.execute(f"PRAGMA cache_size = -{CACHE_KIB // 4}")
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def _check_sync(self) -> None:
         """Refuse a newer schema or a damaged file before the daemon uses it (own
@@ -206,6 +226,11 @@ class Database:
     async def close(self) -> None:
         while self._flushing:
             await self._batch_done.wait()
+        while self._reading:
+            await self._reads_done.wait()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await trio.to_thread.run_sync(reader.close)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await trio.to_thread.run_sync(conn.close)
@@ -245,6 +270,41 @@ class Database:
             done, self._batch_done = self._batch_done, trio.Event()
             done.set()
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the read connection, in a worker thread, with the other
+        reads waiting (no transaction: each statement sees the last commit).
+
+        ``fn`` must only read (the connection is ``query_only``). A database without a
+        read connection (opened ``read_only``) runs it like :meth:`run`. sqlite3 errors
+        become :class:`~orrad.errors.StoreError`.
+        """
+        if self._reader is None:
+            return await self.run(fn)
+        op: _Op[T] = _Op(fn)
+        self._reads.append(op)
+        while not op.finished:
+            if self._reading:
+                await self._reads_done.wait()
+                continue
+            await self._flush_reads()
+        return op.result()
+
+    async def _flush_reads(self) -> None:
+        self._reading = True
+        batch, self._reads = self._reads, []
+        try:
+            reader = self._reader
+            if reader is None:
+                for op in batch:
+                    op.fail(StoreError("state database is not open"))
+                return
+            await trio.to_thread.run_sync(_run_reads, reader, batch, self.path)
+        finally:
+            self._reads[:0] = [op for op in batch if not op.finished]
+            self._reading = False
+            done, self._reads_done = self._reads_done, trio.Event()
+            done.set()
+
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking variant for code outside trio (CLI readers)."""
         if self._conn is None:
@@ -256,6 +316,9 @@ class Database:
             raise store_error(exc, self.path) from exc
 
     def close_sync(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -331,6 +394,20 @@ def store_error(exc: BaseException, path: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     return StoreError(str(exc))
+
+
+def _run_reads(reader: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
+    """Worker thread: each read of the batch in turn; one that fails fails alone."""
+    for op in batch:
+        try:
+            op.value = op.fn(reader)
+        except (sqlite3.Error, msgspec.DecodeError, StoreError) as exc:
+            op.fail(store_error(exc, path))
+            continue
+        except Exception as exc:
+            op.fail(exc)
+            continue
+        op.finished = True
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
