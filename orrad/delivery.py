@@ -11,9 +11,9 @@ the very same reply).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import MappingProxyType
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType, TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -60,9 +60,25 @@ log = logging.getLogger(__name__)
 Reply = OutboundMessage | OutboundError
 
 
-@asynccontextmanager
-async def no_typing() -> AsyncIterator[None]:
-    yield
+class _NoTyping:
+    """A typing indicator that shows nothing (stateless: one instance serves every run)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        return None
+
+
+_NO_TYPING = _NoTyping()
+
+
+def no_typing() -> AbstractAsyncContextManager[None]:
+    """No typing indicator (the default of a channel without one)."""
+    return _NO_TYPING
 
 
 @runtime_checkable
@@ -109,25 +125,40 @@ def awaits_answer(target: ReplyTarget, inbound: InboundMessage) -> bool:
     return False if hook is None else bool(hook(inbound))
 
 
-@asynccontextmanager
-async def best_effort_typing(target: ReplyTarget, metadata: Mapping[str, Any]
-                             ) -> AsyncIterator[None]:
+def best_effort_typing(target: ReplyTarget, metadata: Mapping[str, Any]
+                       ) -> AbstractAsyncContextManager[None]:
     """The target's typing indicator, if it works: a failing indicator (a platform hiccup, a
     plugin bug) is logged and never fails or delays the run it decorates."""
     try:
         manager = target.start_typing(metadata)
-        await manager.__aenter__()
     except Exception as exc:
         log.warning("typing indicator failed: %s: %s", type(exc).__name__, exc)
-        yield
-        return
-    try:
-        yield
-    except BaseException as exc:
-        await _exit_typing(manager, exc)
-        raise
-    else:
-        await _exit_typing(manager, None)
+        return _NO_TYPING
+    # Most channels have none: nothing to guard then.
+    return manager if manager is _NO_TYPING else _BestEffortTyping(manager)
+
+
+class _BestEffortTyping:
+    """Enters and exits ``manager``, logging (never raising) what fails in it."""
+
+    __slots__ = ("_entered", "_manager")
+
+    def __init__(self, manager: AbstractAsyncContextManager[None]) -> None:
+        self._manager = manager
+        self._entered = False
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._manager.__aenter__()
+        except Exception as exc:
+            log.warning("typing indicator failed: %s: %s", type(exc).__name__, exc)
+            return
+        self._entered = True
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        if self._entered:
+            await _exit_typing(self._manager, value)
 
 
 async def _exit_typing(manager: AbstractAsyncContextManager[None],

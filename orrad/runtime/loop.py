@@ -9,9 +9,8 @@ serialised by a per-namespace lock; different namespaces run concurrently.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import cast
 
 import msgspec
@@ -44,7 +43,7 @@ from orrad.runtime.provider import (
 from orrad.runtime.sessions import JoinedWrite, JoiningSessionStore, Session, SessionStore
 from orrad.runtime.tokenizer import CharEstimator, Tokenizer
 from orrad.runtime.tools import ToolRegistry
-from orrad.sync import held
+from orrad.sync import acquire
 
 __all__ = ["NamespaceLocks", "RunResult", "Runtime", "RuntimeConfig", "TurnResult"]
 
@@ -109,25 +108,49 @@ class NamespaceLocks:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[trio.Lock, int]] = {}
 
-    @asynccontextmanager
-    async def hold(self, namespace: Namespace) -> AsyncIterator[None]:
-        key = namespace.key
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = trio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with held(lock):
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def hold(self, namespace: Namespace) -> _Held:
+        """``async with locks.hold(namespace):`` — run alone in ``namespace``."""
+        return _Held(self._locks, namespace.key)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+
+class _Held:
+    """One hold of a namespace's lock (a class, not a generator: it is on every run)."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[str, tuple[trio.Lock, int]], key: str) -> None:
+        self._locks = locks
+        self._key = key
+        self._lock: trio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        key, locks = self._key, self._locks
+        lock, users = locks.get(key, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        locks[key] = (lock, users + 1)
+        try:
+            await acquire(lock)
+        except BaseException:
+            self._leave()
+            raise
+        self._lock = lock
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        assert self._lock is not None
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
+        if users == 1:
+            del self._locks[self._key]
+        else:
+            self._locks[self._key] = (lock, users - 1)
 
 
 class _Saver:

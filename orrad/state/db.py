@@ -13,6 +13,14 @@ unblocked.
 way: under WAL a reader sees the last commit and never waits for the writer, so a lookup
 on the message path does not wait for a batch's fsync.
 
+Small operations (``inline=True``: a few indexed statements, nothing unbounded) run their
+statements on the event loop's thread, and only the ``COMMIT`` (the fsync) goes to the
+worker. In a worker, every sqlite3 call gives the GIL up and must win it back from the busy
+event loop: a dozen small operations took milliseconds that way, on the loop they take
+microseconds. The loop never waits for a lock there: a write lock held by another process
+(the ``orrad`` CLI, an operator's ``sqlite3``) sends the batch to the worker, which waits
+for it within ``busy_timeout``.
+
 A database this orrad must not use is refused when it is opened: one written by a newer
 orrad (its ``user_version`` is past the last migration here), or, for the daemon, one that
 fails ``PRAGMA quick_check`` (run on a connection of its own, so the check does not fill
@@ -42,8 +50,12 @@ log = logging.getLogger(__name__)
 
 DB_FILENAME = "orrad.sqlite3"
 CACHE_KIB = 64 * 1024
+BUSY_TIMEOUT_MS = 5000
 T = TypeVar("T")
-# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
+# SQLite's primary result codes (extended codes keep them in the low byte): a lock held
+# elsewhere, and a damaged file.
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
 SQLITE_CORRUPT = 11
 SQLITE_NOTADB = 26
 MOVE_IT_AWAY = ("refusing to use it: restore it from a backup, or move it away to start with an "
@@ -143,7 +155,7 @@ class Database:
                     check_same_thread=False,
                 )
                 try:
-                    conn.execute("PRAGMA busy_timeout = 5000")
+                    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                     self._check_schema(conn)
                 except BaseException:
                     conn.close()
@@ -153,7 +165,7 @@ class Database:
                 if os.path.exists(self.path):
                     self._check_sync()
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 # FULL: an acknowledged message must survive power loss, not only a crash.
                 conn.execute("PRAGMA synchronous = FULL")
@@ -173,7 +185,7 @@ class Database:
     def _open_reader(self) -> sqlite3.Connection:
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            reader.execute("PRAGMA busy_timeout = 5000")
+            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             reader.execute("PRAGMA query_only = 1")
             reader.execute(f"PRAGMA cache_size = -{CACHE_KIB // 4}")
         except BaseException:
@@ -186,7 +198,7 @@ class Database:
         connection: what the check reads does not stay in the daemon's page cache)."""
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._check_schema(conn)
             rows = conn.execute("PRAGMA quick_check(1)").fetchall()
         finally:
@@ -235,15 +247,17 @@ class Database:
             conn, self._conn = self._conn, None
             await trio.to_thread.run_sync(conn.close)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
         """Run ``fn(connection)`` in a worker thread, inside the batch's transaction.
 
         ``fn`` runs in its own savepoint: if it raises, its changes are rolled back and the
         error is raised here; the others in the batch still commit. :func:`transaction` inside
         ``fn`` is a no-op under a batch. sqlite3 errors become
-        :class:`~orrad.errors.StoreError`.
+        :class:`~orrad.errors.StoreError`. ``inline``: ``fn`` is small (a few indexed
+        statements, nothing that grows with the data) and may run on the event loop's
+        thread (module docstring).
         """
-        op: _Op[T] = _Op(fn)
+        op: _Op[T] = _Op(fn, inline)
         self._queue.append(op)
         while not op.finished:
             if self._flushing:
@@ -261,7 +275,10 @@ class Database:
                 for op in batch:
                     op.fail(StoreError("state database is not open"))
                 return
-            await trio.to_thread.run_sync(_run_batch, conn, batch, self.path)
+            if all(op.inline for op in batch):
+                await _run_batch_inline(conn, batch, self.path)
+            else:
+                await trio.to_thread.run_sync(_run_batch, conn, batch, self.path)
         finally:
             # Operations a cancellation kept from running go back to the front of the queue
             # for the next flusher.
@@ -270,16 +287,22 @@ class Database:
             done, self._batch_done = self._batch_done, trio.Event()
             done.set()
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
         """Run ``fn(connection)`` on the read connection, in a worker thread, with the other
         reads waiting (no transaction: each statement sees the last commit).
 
         ``fn`` must only read (the connection is ``query_only``). A database without a
         read connection (opened ``read_only``) runs it like :meth:`run`. sqlite3 errors
-        become :class:`~orrad.errors.StoreError`.
+        become :class:`~orrad.errors.StoreError`. ``inline``: ``fn`` is a few indexed
+        lookups, run at once on the event loop's thread unless the reader would have to
+        wait for a lock (then in the worker).
         """
         if self._reader is None:
-            return await self.run(fn)
+            return await self.run(fn, inline=inline)
+        if inline and not self._reading:
+            done, value = _read_without_waiting(self._reader, fn, self.path)
+            if done:
+                return value  # type: ignore[return-value]
         op: _Op[T] = _Op(fn)
         self._reads.append(op)
         while not op.finished:
@@ -349,10 +372,11 @@ class transaction:
 class _Op(Generic[T]):
     """One queued operation and, once run, its outcome."""
 
-    __slots__ = ("error", "finished", "fn", "value")
+    __slots__ = ("error", "finished", "fn", "inline", "value")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], T], inline: bool = False) -> None:
         self.fn = fn
+        self.inline = inline
         self.finished = False
         self.value: T | None = None
         self.error: BaseException | None = None
@@ -429,42 +453,129 @@ def _attempt_batch(conn: sqlite3.Connection, batch: list[_Op[Any]],
     one of them met a damaged page)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for op in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                op.value = op.fn(conn)
-            except Exception as exc:
-                if is_corruption(exc):
-                    # A damaged page poisons the whole transaction (its COMMIT fails with
-                    # the same error): this operation fails, the rest start over without it.
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    op.fail(store_error(exc, path))
-                    rest = [other for other in batch if other is not op]
-                    for other in rest:
-                        other.reset()
-                    return rest
-                if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
-                    # SQLite rolled the whole transaction back itself (a full disk, an
-                    # I/O error): every operation of the batch is lost, not just this one.
-                    raise
-                conn.execute("ROLLBACK TO op")
-                op.error = (store_error(exc, path)
-                            if isinstance(exc, (sqlite3.Error, msgspec.DecodeError, StoreError))
-                            else exc)
-            conn.execute("RELEASE op")
+        rest = _execute(conn, batch, path)
+        if rest is not None:
+            return rest
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("state database: rollback failed")
-        damaged = is_corruption(exc)
-        for op in batch:
-            op.fail(StoreCorrupt(f"batch failed: {exc}", path) if damaged
-                    else StoreError(f"batch failed: {exc}"))
+        _fail_all(conn, batch, exc, path)
         return []
     for op in batch:
         op.finished = True
     return []
+
+
+async def _run_batch_inline(conn: sqlite3.Connection, batch: list[_Op[Any]],
+                            path: str) -> None:
+    """:func:`_run_batch` with the statements on the event loop's thread and the COMMIT in
+    a worker; a write lock held elsewhere sends the batch to the worker instead."""
+    while batch:
+        try:
+            if not _begin_without_waiting(conn):
+                await trio.to_thread.run_sync(_run_batch, conn, batch, path)
+                return
+            rest = _execute(conn, batch, path)
+        except sqlite3.Error as exc:
+            _fail_all(conn, batch, exc, path)
+            return
+        if rest is None:
+            # Shielded: a transaction left open would refuse the next batch's BEGIN (the
+            # commit itself is bounded: the WAL write and its fsync).
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_commit, conn, batch, path)
+            return
+        batch = rest
+
+
+def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` unless another connection holds the write lock (False)."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return False
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return True
+
+
+def _read_without_waiting(reader: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
+                          path: str) -> tuple[bool, T | None]:
+    """``(True, fn(reader))``, or ``(False, None)`` when the read would wait for a lock."""
+    reader.execute("PRAGMA busy_timeout = 0")
+    try:
+        return True, fn(reader)
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return False, None
+        raise store_error(exc, path) from exc
+    except (sqlite3.Error, msgspec.DecodeError, StoreError) as exc:
+        raise store_error(exc, path) from exc
+    finally:
+        reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+
+
+def _execute(conn: sqlite3.Connection, batch: list[_Op[Any]],
+             path: str) -> list[_Op[Any]] | None:
+    """Run each operation in a savepoint of the open transaction: ``None`` when the batch
+    can be committed, else the operations to run again in a new transaction (one met a
+    damaged page, which poisons the transaction: it was rolled back). A failure of the
+    machinery itself raises (the caller fails the whole batch)."""
+    for op in batch:
+        conn.execute("SAVEPOINT op")
+        try:
+            op.value = op.fn(conn)
+        except Exception as exc:
+            if is_corruption(exc):
+                # A damaged page poisons the whole transaction (its COMMIT fails with the
+                # same error): this operation fails, the rest start over without it.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                op.fail(store_error(exc, path))
+                rest = [other for other in batch if other is not op]
+                for other in rest:
+                    other.reset()
+                return rest
+            if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                # SQLite rolled the whole transaction back itself (a full disk, an I/O
+                # error): every operation of the batch is lost, not just this one.
+                raise
+            conn.execute("ROLLBACK TO op")
+            op.error = (store_error(exc, path)
+                        if isinstance(exc, (sqlite3.Error, msgspec.DecodeError, StoreError))
+                        else exc)
+        conn.execute("RELEASE op")
+    return None
+
+
+def _commit(conn: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
+    """Worker thread: commit the transaction ``batch`` ran in."""
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _fail_all(conn, batch, exc, path)
+        return
+    for op in batch:
+        op.finished = True
+
+
+def _fail_all(conn: sqlite3.Connection, batch: list[_Op[Any]], exc: sqlite3.Error,
+              path: str) -> None:
+    """The batch's transaction failed: roll back what is left of it and fail every
+    operation (leaving the connection outside a transaction)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("state database: rollback failed")
+    damaged = is_corruption(exc)
+    for op in batch:
+        op.fail(StoreCorrupt(f"batch failed: {exc}", path) if damaged
+                else StoreError(f"batch failed: {exc}"))

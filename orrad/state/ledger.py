@@ -190,7 +190,7 @@ class Ledger:
                     conn.execute(_HIGH_WATER, (_encode(max(ids)),))
             return results
 
-        return await self.db.run(run)
+        return await self.db.run(run, inline=True)
 
     def insert_write(self, row: NewRow) -> Callable[[sqlite3.Connection], None]:
         """The write that records ``row`` (``received``), to run inside another
@@ -214,7 +214,7 @@ class Ledger:
             with transaction(conn):
                 write(conn)
 
-        await self.db.run(run)
+        await self.db.run(run, inline=True)
 
     async def lookup_many(self, keys: list[Key]) -> list[LedgerEntry | None]:
         """The entries stored under ``keys`` (``None``: none), read on the database's read
@@ -229,7 +229,7 @@ class Ledger:
                 found.append(None if row is None else _row(row))
             return found
 
-        return await self.db.read(run)
+        return await self.db.read(run, inline=True)
 
     async def answer(self, key: Key, reply: Any) -> None:
         """Store the reply (anything msgspec encodes as a JSON object): the message is
@@ -242,7 +242,7 @@ class Ledger:
                     "UPDATE ledger SET state = 'answered', reply = ?, updated_at = ? "
                     "WHERE source = ? AND delivery_id = ?", (encoded, time.time(), *key))
 
-        await self.db.run(run)
+        await self.db.run(run, inline=True)
 
     async def settle_many(self, outcomes: list[tuple[Key, LedgerState, Any]],
                           rows: list[NewRow] | None = None) -> None:
@@ -270,7 +270,7 @@ class Ledger:
                     [(state, blob, now, source, delivery_id)
                      for state, blob, (source, delivery_id) in encoded])
 
-        await self.db.run(run)
+        await self.db.run(run, inline=True)
 
     async def mark(self, key: Key, state: LedgerState) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -278,7 +278,7 @@ class Ledger:
                 conn.execute("UPDATE ledger SET state = ?, updated_at = ? WHERE source = ? "
                              "AND delivery_id = ?", (state, time.time(), *key))
 
-        await self.db.run(run)
+        await self.db.run(run, inline=True)
 
     async def get(self, source: str, delivery_id: str) -> LedgerEntry | None:
         def run(conn: sqlite3.Connection) -> LedgerEntry | None:
@@ -323,7 +323,7 @@ class Ledger:
                 conn.execute("INSERT OR REPLACE INTO kv (scope, key, value) VALUES "
                              "('orrad', 'probe', ?)", (_encode(time.time()),))
 
-        await self.db.run(run)
+        await self.db.run(run, inline=True)
 
     async def purge(self, older_than_s: float) -> int:
         """Forget finished messages older than ``older_than_s`` seconds."""

@@ -58,7 +58,8 @@ class SqliteSessionStore:
                 _save(conn, session)
 
         try:
-            await self.db.run(run)
+            # Inline: only the new tail is written (a few rows); see Database.run.
+            await self.db.run(run, inline=True)
         except BaseException:
             # The object may now differ from the database: drop it, reload next time.
             self._cache.pop(session.namespace, None)

@@ -1,0 +1,132 @@
+"""Small operations run their statements on the event loop's thread and commit in a worker.
+
+What must hold as before: an operation that fails rolls back alone; a cancelled caller loses
+nothing of the others; and the loop never waits for a lock: while another process holds
+the write lock, other tasks keep running and the batch commits once the lock is free.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from orrad.state import Database
+from orrad.state.db import DB_FILENAME
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Database:
+    database = Database.in_state_dir(str(tmp_path / "state"))
+    await database.open()
+    return database
+
+
+def put(scope: str, key: str) -> Any:
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO kv (scope, key, value) VALUES (?, ?, x'01')", (scope, key))
+
+    return write
+
+
+async def put_inline(db: Database, scope: str, key: str) -> None:
+    await db.run(put(scope, key), inline=True)
+
+
+def keys(db: Database, scope: str) -> list[str]:
+    conn = sqlite3.connect(db.path)
+    try:
+        return [row[0] for row in conn.execute(
+            "SELECT key FROM kv WHERE scope = ? ORDER BY key", (scope,))]
+    finally:
+        conn.close()
+
+
+async def test_inline_operations_commit_together_and_one_fails_alone(db: Database) -> None:
+    def explode(conn: sqlite3.Connection) -> None:
+        put("t", "doomed")(conn)
+        raise ValueError("boom")
+
+    errors: list[BaseException] = []
+
+    async def failing() -> None:
+        try:
+            await db.run(explode, inline=True)
+        except ValueError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(put_inline, db, "t", f"k{i:02}")
+        nursery.start_soon(failing)
+    assert keys(db, "t") == [f"k{i:02}" for i in range(20)]
+    assert len(errors) == 1
+    await db.close()
+
+
+async def test_a_cancelled_inline_caller_does_not_lose_the_others(db: Database) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(put_inline, db, "c", f"k{i}")
+        with trio.move_on_after(0):
+            await db.run(put("c", "cancelled"), inline=True)
+    assert [k for k in keys(db, "c") if k != "cancelled"] == [f"k{i}" for i in range(10)]
+    # The database still takes writes (no transaction was left open).
+    await db.run(put("c", "after"), inline=True)
+    assert "after" in keys(db, "c")
+    await db.close()
+
+
+async def test_a_write_lock_held_elsewhere_never_blocks_the_loop(tmp_path: Path) -> None:
+    db = Database.in_state_dir(str(tmp_path / "state"))
+    await db.open()
+    locked, release = threading.Event(), threading.Event()
+
+    def other_process() -> None:  # an operator's sqlite3 holding the write lock
+        conn = sqlite3.connect(tmp_path / "state" / DB_FILENAME, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(10)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    ticks = 0
+    written = trio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.01)
+
+    async def write() -> None:
+        await db.run(put("w", "waited"), inline=True)
+        written.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, other_process)
+        await trio.to_thread.run_sync(locked.wait)
+        nursery.start_soon(ticker)
+        nursery.start_soon(write)
+        # The write waits for the lock, and the loop goes on meanwhile: the ticker counts
+        # on (a loop held by busy_timeout would stop it for 5 s and fail this wait).
+        with trio.fail_after(3):
+            start = ticks
+            while ticks < start + 10:
+                await trio.sleep(0.01)
+        # A lookup on the read connection does not wait for the writer either.
+        assert await db.read(lambda conn: conn.execute("SELECT 1").fetchone()[0],
+                             inline=True) == 1
+        assert not written.is_set()
+        release.set()
+        with trio.fail_after(5):
+            await written.wait()
+        nursery.cancel_scope.cancel()
+    assert keys(db, "w") == ["waited"]
+    await db.close()
