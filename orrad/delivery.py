@@ -29,22 +29,13 @@ from orrad.errors import (
     StoreError,
     UnknownAgent,
 )
-from orrad.model import (
-    InboundMessage,
-    Message,
-    Namespace,
-    OutboundError,
-    OutboundMessage,
-    RunSummary,
-    Usage,
-)
+from orrad.model import Message, Namespace, OutboundError, OutboundMessage, RunSummary, Usage
 
 __all__ = [
     "STATUS_FOR_CODE",
     "Reply",
     "ReplyTarget",
     "StoredReply",
-    "awaits_answer",
     "best_effort_typing",
     "describe_error",
     "error_body",
@@ -109,20 +100,6 @@ def stores_before_send(target: ReplyTarget, reply: Reply) -> bool:
     """
     hook = getattr(target, "stores_before_send", None)
     return True if hook is None else bool(hook(reply))
-
-
-def awaits_answer(target: ReplyTarget, inbound: InboundMessage) -> bool:
-    """Whether ``inbound``'s sender waits in this process for the answer, told nothing
-    before it (a synchronous HTTP call), so the answer is its only acknowledgement.
-
-    Such a message needs no commit of its own before it runs: it is recorded together with
-    its run's first session save (a crash before that loses nothing the sender was told
-    of; the sender's retry runs it). False (the safe default) unless the target defines
-    ``awaits_answer(inbound) -> True``; its replies must then not need storing before the
-    send (:func:`stores_before_send`).
-    """
-    hook = getattr(target, "awaits_answer", None)
-    return False if hook is None else bool(hook(inbound))
 
 
 def best_effort_typing(target: ReplyTarget, metadata: Mapping[str, Any]

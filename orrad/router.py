@@ -7,10 +7,7 @@ Every message takes the same path, whatever channel it came from:
    learns the outcome from the :class:`~orrad.model.Receipt` (new, a repeat with its
    stored answer, or not stored) and acknowledges only what is stored. The message takes
    its place in its namespace's lane at arrival, so recording (group-committed with
-   other messages) never reorders a namespace. A message whose sender waits for the
-   answer itself (:func:`~orrad.delivery.awaits_answer`: a synchronous HTTP call) is only
-   looked up (a repeat is found on the read connection, one in flight in memory) and is
-   recorded with its run's first session save: one commit for the message instead of two.
+   other messages) never reorders a namespace.
 2. **Run.** A lane runs one message at a time, in order; lanes run concurrently, at most
    ``max_concurrency`` runs at once. The agent is the message's metadata ``agent``, else
    the channel's, else the default. The run is keyed by the ledger id, so a re-run after a
@@ -47,7 +44,6 @@ from orrad.delivery import (
     Reply,
     ReplyTarget,
     StoredReply,
-    awaits_answer,
     best_effort_typing,
     describe_error,
     error_code,
@@ -65,8 +61,7 @@ from orrad.model import (
     Receipt,
 )
 from orrad.runtime.loop import RunResult, Runtime
-from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState, NewRow
-from orrad.state.sessions import SqliteSessionStore
+from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState
 from orrad.sync import acquire, held
 
 __all__ = ["INTERRUPTED", "AgentSet", "Ownership", "Relayer", "Reply", "Router", "chosen_agent",
@@ -196,9 +191,6 @@ class _Job:
     store_broke: bool = False  # the local run failed on this daemon's state store
     payload: bytes = b""  # the ledger's JSON of the message
     received_at: float = field(default_factory=time.time)
-    # Its sender awaits the answer: recorded with the run, not before (module docstring).
-    deferred: bool = False
-    row: NewRow | None = None  # its ledger row while it may not be written yet
 
 
 @dataclass
@@ -227,9 +219,6 @@ class _Waiter:
 
     def stores_before_send(self, reply: Reply) -> bool:
         return False
-
-    def awaits_answer(self, inbound: InboundMessage) -> bool:
-        return True
 
 
 class Discard:
@@ -283,11 +272,6 @@ class Router:
         # task each takes all that is waiting into one ledger operation.
         self._to_record: list[_Job] = []
         self._record_more = trio.Event()
-        # Messages recorded with their run, waiting to be looked up; and every message
-        # whose row is not known to be committed, by key (a repeat of one is in flight).
-        self._to_check: list[_Job] = []
-        self._check_more = trio.Event()
-        self._unrecorded: dict[Key, _Job] = {}
         self._to_settle: list[tuple[_Job, LedgerState]] = []
         self._settle_more = trio.Event()
         self._pending = 0
@@ -333,7 +317,6 @@ class Router:
             if self.ledger is not None:
                 self._epoch = await self.ledger.epoch()
                 nursery.start_soon(self._recorder, self.ledger)
-                nursery.start_soon(self._checker, self.ledger)
                 nursery.start_soon(self._settler, self.ledger)
             task_status.started()
             try:
@@ -440,45 +423,13 @@ class Router:
         await acquire(self._room)
         job = _Job(inbound, src, chosen_agent(inbound, agent), target)
         self._begin(job)
-        if self.ledger is None or inbound.delivery_id is None:
-            _notify(inbound, Receipt(True))
-            self._enqueue(job)
-            return
-        job.recorded = trio.Event()
-        key = _key(job)
-        ahead = self._unrecorded.get(key)
-        deferred = self._may_defer(job)
-        self._enqueue(job)
-        if ahead is not None and (deferred or ahead.deferred):
-            # The same id is in flight and not recorded yet (a repeat the ledger cannot
-            # see): still being answered.
-            job.skip = True
-            self._recorded(job, Receipt(False, str(ahead.ledger_id or ""), "received"))
-            return
-        self._unrecorded.setdefault(key, job)
-        if deferred:
-            job.deferred = True
-            self._to_check.append(job)
-            self._check_more.set()
-        else:
+        if self.ledger is not None and inbound.delivery_id is not None:
+            job.recorded = trio.Event()
             self._to_record.append(job)
             self._record_more.set()
-
-    def _may_defer(self, job: _Job) -> bool:
-        """Whether ``job`` can be recorded with its run (its sender awaits the answer, it
-        runs here, and the store is writable as far as is known)."""
-        target = job.target or job.source.target
-        if target is None or self.store_error is not None:
-            return False
-        if not awaits_answer(target, job.inbound):
-            return False
-        if self.relayer is None:
-            return True
-        try:
-            owner = self.relayer.owner(job.inbound.namespace, _explicit_agent(job.inbound))
-        except OrradError:
-            return False
-        return owner.peer is None
+        else:
+            _notify(inbound, Receipt(True))
+        self._enqueue(job)
 
     async def _recorder(self, ledger: Ledger) -> None:
         """Record waiting messages, all that wait in one operation, and hand out their
@@ -506,75 +457,21 @@ class Router:
                     assert job.recorded is not None
                     job.recorded.set()
                 raise
-            finally:
-                for job in batch:
-                    self._forget_unrecorded(job)
             self._store_ok()
             for job, (new, entry) in zip(batch, results, strict=True):
-                self._take_up(job, new, entry)
-
-    def _take_up(self, job: _Job, new: bool, entry: LedgerEntry) -> None:
-        """Run ``job`` (``new``, or stored before as ``entry``) or answer it as a repeat."""
-        if new or (entry.state == "received" and entry.id not in self._active):
-            # New, or accepted before and not being answered here (its run failed on the
-            # store, or it waits for a recovery not yet done): run it now.
-            job.first_attempt = new
-            job.ledger_id = entry.id
-            self._active.add(entry.id)
-            queued = self._would_queue(job)
-            job.queued_notice = queued
-            self._recorded(job, Receipt(True, str(entry.id), queued=queued))
-        else:
-            job.skip = True
-            self._recorded(job, Receipt(False, str(entry.id), entry.state, _stored(entry)))
-
-    async def _checker(self, ledger: Ledger) -> None:
-        """Look up waiting messages that are recorded with their run, all that wait in one
-        read, and hand out their receipts (a new one takes its ledger id now)."""
-        while True:
-            await self._check_more.wait()
-            self._check_more = trio.Event()
-            batch, self._to_check = self._to_check, []
-            batch = [job for job in batch if self._encodable(job)]
-            if not batch:
-                continue
-            try:
-                found = await ledger.lookup_many([_key(job) for job in batch])
-            except StoreError as exc:
-                self._store_failed(exc)
-                for job in batch:
+                if new or (entry.state == "received" and entry.id not in self._active):
+                    # New, or accepted before and not being answered here (its run failed
+                    # on the store, or it waits for a recovery not yet done): run it now.
+                    job.first_attempt = new
+                    job.ledger_id = entry.id
+                    self._active.add(entry.id)
+                    queued = self._would_queue(job)
+                    job.queued_notice = queued
+                    self._recorded(job, Receipt(True, str(entry.id), queued=queued))
+                else:
                     job.skip = True
-                    self._recorded(job, Receipt(False, error=exc))
-                continue
-            except BaseException:
-                for job in batch:  # cancelled (shutdown): nothing recorded, nothing said
-                    job.skip = True
-                    assert job.recorded is not None
-                    job.recorded.set()
-                raise
-            for job, entry in zip(batch, found, strict=True):
-                if entry is not None:  # stored before: taken up like a recorded repeat
-                    job.deferred = False
-                    self._forget_unrecorded(job)
-                    self._take_up(job, False, entry)
-                    continue
-                ledger_id = ledger.take_id()
-                job.row = NewRow(ledger_id, job.source.name, job.inbound.delivery_id or "",
-                                 job.inbound.namespace.key, job.payload, job.received_at)
-                self._take_up(job, True, LedgerEntry(
-                    ledger_id, job.source.name, job.inbound.delivery_id or "",
-                    job.inbound.namespace.key, "received", {}, None, job.received_at,
-                    job.received_at))
-
-    def _forget_unrecorded(self, job: _Job) -> None:
-        if job.inbound.delivery_id is not None and self._unrecorded.get(_key(job)) is job:
-            del self._unrecorded[_key(job)]
-
-    async def _record_row(self, job: _Job) -> None:
-        """Write a deferred job's row now, on its own (its run will not write it)."""
-        assert self.ledger is not None and job.row is not None
-        await self.ledger.insert(job.row)
-        job.row = None
+                    self._recorded(job, Receipt(False, str(entry.id), entry.state,
+                                                _stored(entry)))
 
     def _encodable(self, job: _Job) -> bool:
         """Encode the job's ledger payload; a message that cannot be encoded (a plugin's
@@ -638,7 +535,6 @@ class Router:
         self._settled_changed = trio.Event()
 
     def _end(self, job: _Job) -> None:
-        self._forget_unrecorded(job)
         self._changed()
         self._pending -= 1
         self._room.release()
@@ -766,11 +662,11 @@ class Router:
             target = job.target or job.source.target
             if target is not None and not stores_before_send(target, reply):
                 job.keep_open = True
-                if job.row is not None and isinstance(reply, OutboundMessage):
-                    # Recorded with its run, which saved nothing: an answer would tell the
-                    # caller of an exchange the session does not hold.
-                    return _failed(job.inbound, StoreError(
-                        "the answer could not be saved"), self.metrics)
+                if job.unsaved and isinstance(reply, OutboundMessage):
+                    # Never a 2xx whose exchange is not stored (reliability DUR-5): the
+                    # caller asks again, and the message, still received, runs again.
+                    return _failed(job.inbound, StoreError("the answer could not be saved"),
+                                   self.metrics)
                 return reply
             log.warning("%s: the run for %s could not be stored; running it again once the "
                         "state store can be written", job.source.name, job.inbound.namespace)
@@ -800,14 +696,6 @@ class Router:
                     return _failed(inbound, exc, self.metrics)
                 if owner.peer is not None:
                     peer = owner.peer
-                    if job.row is not None:
-                        # The peer is told this message's id: it must be on record first.
-                        try:
-                            await self._record_row(job)
-                        except StoreError as exc:
-                            job.store_broke = True
-                            self._store_failed(exc)
-                            return _failed(inbound, exc, self.metrics)
                     try:
                         reply = await self.relayer.relay(
                             peer, self._txn_id(job), inbound, owner.agent, job.received_at,
@@ -873,20 +761,11 @@ class Router:
         started = trio.current_time()
         try:
             runtime = self.agents.resolve(agent)
-            first_write = None
-            if job.row is not None:
-                store = runtime.store
-                if (self.ledger is not None and isinstance(store, SqliteSessionStore)
-                        and store.joins(self.ledger.db)):
-                    first_write = self.ledger.insert_write(job.row)
-                else:
-                    await self._record_row(job)
             async with held(self._limiter):
                 result = await runtime.run(
                     inbound.namespace, inbound.message,
                     run_id=None if job.ledger_id is None else str(job.ledger_id),
-                    first_attempt=job.first_attempt, with_first_save=first_write)
-            job.row = None  # a run that returns has saved its session at least once
+                    first_attempt=job.first_attempt)
             self.metrics.child(self.metrics.run_latency, runtime.name).observe(
                 trio.current_time() - started)
         except UnsavedRun as exc:
@@ -940,8 +819,6 @@ class Router:
                 job.unstored = stored
             else:
                 try:
-                    if job.row is not None:
-                        await self._record_row(job)
                     await self.ledger.answer(_key(job), stored)
                 except StoreError as exc:
                     self._store_failed(exc)
@@ -1030,8 +907,7 @@ class Router:
             batch, self._to_settle = self._to_settle, []
             try:
                 await ledger.settle_many([(_key(job), state, job.unstored)
-                                          for job, state in batch],
-                                         [job.row for job, _ in batch if job.row is not None])
+                                          for job, state in batch])
             except StoreError as exc:
                 self._store_failed(exc)
                 self._to_settle[:0] = batch

@@ -12,8 +12,9 @@ once: a synchronous one with its 200, an asynchronous one with exactly one callb
 of them are sent just before the disk fills and are still running (the fake OpenAI
 answers them after a delay) when it does: the asynchronous one was acknowledged and gets
 its callback; the synchronous one, told nothing yet, gets its answer or a 503 (never a 2xx
-whose exchange could not be stored) and its retry after the recovery the answer. A request that got a 503 stored nothing; the
-test sends it again with the same id after the recovery and it must then be answered once.
+whose exchange could not be stored) and its retry after the recovery the answer. A request
+that got a 503 stored nothing; the test sends it again with the same id after the recovery
+and it must then be answered once.
 Finally a restart on the same state must neither re-send a callback nor re-run a request.
 """
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import cast
 
 import msgspec
 import trio
@@ -40,7 +39,7 @@ from orrad.runtime.provider import (
     Provider,
     ToolDefinition,
 )
-from orrad.runtime.sessions import JoinedWrite, JoiningSessionStore, Session, SessionStore
+from orrad.runtime.sessions import Session, SessionStore
 from orrad.runtime.tokenizer import CharEstimator, Tokenizer
 from orrad.runtime.tools import ToolRegistry
 from orrad.sync import acquire
@@ -153,24 +152,6 @@ class _Held:
             self._locks[self._key] = (lock, users - 1)
 
 
-class _Saver:
-    """Saves one run's session; the first save that succeeds also does ``first_write``."""
-
-    __slots__ = ("first_write", "store")
-
-    def __init__(self, store: SessionStore, first_write: JoinedWrite | None) -> None:
-        self.store = store
-        self.first_write = first_write
-
-    async def save(self, session: Session) -> None:
-        write = self.first_write
-        if write is None:
-            await self.store.save(session)
-            return
-        await cast(JoiningSessionStore, self.store).save(session, with_write=write)
-        self.first_write = None
-
-
 class Runtime:
     """An agent: a provider, a session store, tools, policies and a token budget.
 
@@ -216,7 +197,6 @@ class Runtime:
     async def run(
         self, namespace: Namespace, message: Message, *, max_turns: int | None = None,
         run_id: str | None = None, first_attempt: bool = False,
-        with_first_save: JoinedWrite | None = None,
     ) -> RunResult:
         """Answer ``message`` in ``namespace``'s session.
 
@@ -226,22 +206,15 @@ class Runtime:
         and done again, so the session never holds two copies of the message or its reply.
         ``first_attempt`` promises that ``run_id`` never ran before (a message just
         accepted): the session is then not searched for it.
-
-        ``with_first_save`` is a write of the caller's done in the same transaction as the
-        run's first save of the session (the router records a message that way, so the
-        message and its first session entries become durable together); only for a store
-        that :meth:`~orrad.runtime.sessions.JoiningSessionStore.joins` the caller's
-        database. A run that raises before any save has not done it.
         """
-        saver = _Saver(self.store, with_first_save)
         async with self.locks.hold(namespace):
             return await self._run_locked(namespace, message,
                                           max_turns or self.config.max_turns, run_id,
-                                          first_attempt, saver)
+                                          first_attempt)
 
     async def _run_locked(
         self, namespace: Namespace, message: Message, max_turns: int, run_id: str | None,
-        first_attempt: bool, saver: _Saver,
+        first_attempt: bool,
     ) -> RunResult:
         session = await self.store.load(namespace) or Session(namespace.key)
         if run_id is not None and not first_attempt:
@@ -254,7 +227,7 @@ class Runtime:
                 log.info("run %s in %s was interrupted; running it again", run_id, namespace)
                 # Stores that append only the new tail need to be told the history changed.
                 replace = getattr(self.store, "replace", None)
-                await (replace(session) if replace is not None else saver.save(session))
+                await (replace(session) if replace is not None else self.store.save(session))
         message.run_id = run_id
         session.push(message)
         # A first attempt's message is already durable in the ledger (a crash re-runs it
@@ -262,18 +235,18 @@ class Runtime:
         # answer; anything else is written now. A run that fails writes what it has.
         unsaved = run_id is not None and first_attempt
         if not unsaved:
-            await saver.save(session)
+            await self.store.save(session)
         try:
-            return await self._turns(namespace, session, max_turns, run_id, saver)
+            return await self._turns(namespace, session, max_turns, run_id)
         except StoreError:
             raise
         except Exception:
             if unsaved:  # e.g. the provider failed: the question stays in the session
-                await saver.save(session)
+                await self.store.save(session)
             raise
 
     async def _turns(self, namespace: Namespace, session: Session, max_turns: int,
-                     run_id: str | None, saver: _Saver) -> RunResult:
+                     run_id: str | None) -> RunResult:
         system = Message.system(self.config.system_prompt) if self.config.system_prompt else None
         turns: list[TurnResult] = []
         usage = Usage()
@@ -292,12 +265,12 @@ class Runtime:
                 result_message.run_id = run_id
                 session.push(result_message)
                 turns.append(TurnResult(response, results))
-                await saver.save(session)
+                await self.store.save(session)
                 continue
             turns.append(TurnResult(response))
             result = RunResult(response.message, turns, usage, self.name)
             try:
-                await saver.save(session)
+                await self.store.save(session)
             except StoreError as exc:
                 raise UnsavedRun(exc, result) from exc
             return result

@@ -7,7 +7,6 @@ so stores may persist just the new tail on ``save``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -15,12 +14,7 @@ import msgspec
 
 from orrad.model import Message, Namespace, key_matches_prefix
 
-__all__ = ["JoinedWrite", "JoiningSessionStore", "MemorySessionStore", "Session", "SessionInfo",
-           "SessionStore"]
-
-# A write of the caller's, done by a store in the same transaction as a save (its argument
-# is the store's connection): see Runtime.run's ``with_first_save``.
-JoinedWrite = Callable[[Any], None]
+__all__ = ["MemorySessionStore", "Session", "SessionInfo", "SessionStore"]
 
 
 def utcnow() -> datetime:
@@ -65,17 +59,6 @@ class SessionStore(Protocol):
     async def delete(self, namespace: Namespace) -> bool: ...
 
     async def list(self, prefix: Namespace | None = None) -> list[SessionInfo]: ...
-
-
-class JoiningSessionStore(SessionStore, Protocol):
-    """A store whose saves can carry a write of the caller's, in the same transaction."""
-
-    async def save(self, session: Session, *, with_write: JoinedWrite | None = None) -> None:
-        ...
-
-    def joins(self, db: Any) -> bool:
-        """Whether a write on ``db`` (the caller's database) can join a save."""
-        ...
 
 
 class MemorySessionStore:

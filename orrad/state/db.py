@@ -9,10 +9,6 @@ The worker is never abandoned on cancellation: an operation is either committed 
 started, never in an unknown state. WAL keeps outside readers (the ``orrad sessions`` CLI)
 unblocked.
 
-:meth:`Database.read` runs lookups on a second, query-only connection, batched the same
-way: under WAL a reader sees the last commit and never waits for the writer, so a lookup
-on the message path does not wait for a batch's fsync.
-
 Small operations (``inline=True``: a few indexed statements, nothing unbounded) run their
 statements on the event loop's thread, and only the ``COMMIT`` (the fsync) goes to the
 worker. In a worker, every sqlite3 call gives the GIL up and must win it back from the busy
@@ -133,10 +129,6 @@ class Database:
         self._queue: list[_Op[Any]] = []
         self._flushing = False
         self._batch_done = trio.Event()
-        self._reader: sqlite3.Connection | None = None
-        self._reads: list[_Op[Any]] = []
-        self._reading = False
-        self._reads_done = trio.Event()
 
     @classmethod
     def in_state_dir(cls, state_dir: str, *, read_only: bool = False) -> Database:
@@ -175,23 +167,11 @@ class Database:
                 # busy daemon to the OS.
                 conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
                 self._migrate(conn)
-                self._reader = self._open_reader()
         except sqlite3.Error as exc:
             if is_corruption(exc):
                 raise StoreCorrupt(str(exc), self.path, hint=MOVE_IT_AWAY) from exc
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
-
-    def _open_reader(self) -> sqlite3.Connection:
-        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            reader.execute("PRAGMA query_only = 1")
-            reader.execute(f"PRAGMA cache_size = -{CACHE_KIB // 4}")
-        except BaseException:
-            reader.close()
-            raise
-        return reader
 
     def _check_sync(self) -> None:
         """Refuse a newer schema or a damaged file before the daemon uses it (own
@@ -238,11 +218,6 @@ class Database:
     async def close(self) -> None:
         while self._flushing:
             await self._batch_done.wait()
-        while self._reading:
-            await self._reads_done.wait()
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            await trio.to_thread.run_sync(reader.close)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await trio.to_thread.run_sync(conn.close)
@@ -287,47 +262,6 @@ class Database:
             done, self._batch_done = self._batch_done, trio.Event()
             done.set()
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
-        """Run ``fn(connection)`` on the read connection, in a worker thread, with the other
-        reads waiting (no transaction: each statement sees the last commit).
-
-        ``fn`` must only read (the connection is ``query_only``). A database without a
-        read connection (opened ``read_only``) runs it like :meth:`run`. sqlite3 errors
-        become :class:`~orrad.errors.StoreError`. ``inline``: ``fn`` is a few indexed
-        lookups, run at once on the event loop's thread unless the reader would have to
-        wait for a lock (then in the worker).
-        """
-        if self._reader is None:
-            return await self.run(fn, inline=inline)
-        if inline and not self._reading:
-            done, value = _read_without_waiting(self._reader, fn, self.path)
-            if done:
-                return value  # type: ignore[return-value]
-        op: _Op[T] = _Op(fn)
-        self._reads.append(op)
-        while not op.finished:
-            if self._reading:
-                await self._reads_done.wait()
-                continue
-            await self._flush_reads()
-        return op.result()
-
-    async def _flush_reads(self) -> None:
-        self._reading = True
-        batch, self._reads = self._reads, []
-        try:
-            reader = self._reader
-            if reader is None:
-                for op in batch:
-                    op.fail(StoreError("state database is not open"))
-                return
-            await trio.to_thread.run_sync(_run_reads, reader, batch, self.path)
-        finally:
-            self._reads[:0] = [op for op in batch if not op.finished]
-            self._reading = False
-            done, self._reads_done = self._reads_done, trio.Event()
-            done.set()
-
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking variant for code outside trio (CLI readers)."""
         if self._conn is None:
@@ -339,9 +273,6 @@ class Database:
             raise store_error(exc, self.path) from exc
 
     def close_sync(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -420,20 +351,6 @@ def store_error(exc: BaseException, path: str) -> StoreError:
     return StoreError(str(exc))
 
 
-def _run_reads(reader: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
-    """Worker thread: each read of the batch in turn; one that fails fails alone."""
-    for op in batch:
-        try:
-            op.value = op.fn(reader)
-        except (sqlite3.Error, msgspec.DecodeError, StoreError) as exc:
-            op.fail(store_error(exc, path))
-            continue
-        except Exception as exc:
-            op.fail(exc)
-            continue
-        op.finished = True
-
-
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
     """Worker thread: the whole batch in one transaction, each op in a savepoint.
 
@@ -499,22 +416,6 @@ def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return True
-
-
-def _read_without_waiting(reader: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T],
-                          path: str) -> tuple[bool, T | None]:
-    """``(True, fn(reader))``, or ``(False, None)`` when the read would wait for a lock."""
-    reader.execute("PRAGMA busy_timeout = 0")
-    try:
-        return True, fn(reader)
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            return False, None
-        raise store_error(exc, path) from exc
-    except (sqlite3.Error, msgspec.DecodeError, StoreError) as exc:
-        raise store_error(exc, path) from exc
-    finally:
-        reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -10,12 +10,6 @@ only grow (the next one follows the largest ever stored); rows are keyed, and up
 ``(source, delivery_id)`` alone, so a message costs one B-tree for the table and none for
 its id.
 
-A sender that waits for the answer itself (a synchronous HTTP call) is told nothing before
-the answer, so its message needs no commit of its own: the router checks the key on the
-read connection (:meth:`Ledger.lookup_many`) and the row is written in the same transaction
-as the run's first session save (:meth:`Ledger.insert_write`), or with the delivery's
-outcome when the run saved nothing.
-
 States move ``received -> answered -> delivered``; ``failed`` when the answer was refused
 for good. ``answered`` rows hold the reply, so it is delivered again (the same reply) until
 the channel confirms it.
@@ -31,14 +25,13 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
 from orrad.state.db import Database, transaction
 
-__all__ = ["OPEN_STATES", "Key", "Ledger", "LedgerEntry", "LedgerState", "NewRow"]
+__all__ = ["OPEN_STATES", "Key", "Ledger", "LedgerEntry", "LedgerState"]
 
 LedgerState = Literal["received", "answered", "delivered", "failed"]
 OPEN_STATES: tuple[LedgerState, ...] = ("received", "answered")
@@ -86,60 +79,27 @@ def _stored_json(blob: Any, where: str, what: str) -> dict[str, Any] | None:
 Key = tuple[str, str]  # (source, delivery_id)
 
 
-class NewRow(msgspec.Struct, frozen=True):
-    """A message about to be recorded under an id already taken (:meth:`Ledger.take_id`)."""
-
-    id: int
-    source: str
-    delivery_id: str
-    namespace: str
-    payload: bytes  # the message's JSON
-    created_at: float
-
-
-_INSERT = ("INSERT INTO ledger (source, delivery_id, id, namespace, state, payload, "
-           "created_at, updated_at) VALUES (?, ?, ?, ?, 'received', ?, ?, ?)")
-# The high-water mark only grows: rows may commit out of id order (a run records its
-# message with its first session save).
-_HIGH_WATER = ("INSERT INTO kv (scope, key, value) VALUES ('orrad', 'ledger_last_id', ?) "
-               "ON CONFLICT (scope, key) DO UPDATE SET value = CASE WHEN "
-               "CAST(excluded.value AS INTEGER) > CAST(value AS INTEGER) THEN excluded.value "
-               "ELSE value END")
-
-
 class Ledger:
-    """The durable record of accepted messages, on the daemon's database.
-
-    Ids are taken in the event loop's thread (:meth:`take_id`), once :meth:`epoch` (or any
-    recording) has read the high-water mark, so a message can carry its id before its row
-    is written.
-    """
+    """The durable record of accepted messages, on the daemon's database."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._last_id: int | None = None  # the largest id taken (event loop thread only)
+        self._last_id: int | None = None  # only touched in the database's worker thread
 
-    async def _load_high_water(self) -> None:
-        if self._last_id is not None:
-            return
-
-        def run(conn: sqlite3.Connection) -> int:
+    def _next_id(self, conn: sqlite3.Connection) -> int:
+        if self._last_id is None:
             # The high-water mark survives purges that empty the table: ids never repeat.
             (largest,) = conn.execute("SELECT coalesce(max(id), 0) FROM ledger").fetchone()
             row = conn.execute("SELECT value FROM kv WHERE scope = 'orrad' AND "
                                "key = 'ledger_last_id'").fetchone()
-            return max(int(largest), int(msgspec.json.decode(row[0])) if row else 0)
-
-        last = await self.db.run(run)
-        if self._last_id is None:
-            self._last_id = last
-
-    def take_id(self) -> int:
-        """The next ledger id (never used before, even when its row is never written)."""
-        if self._last_id is None:
-            raise RuntimeError("the ledger's ids are not loaded: await epoch() first")
+            self._last_id = max(int(largest), int(msgspec.json.decode(row[0])) if row else 0)
         self._last_id += 1
         return self._last_id
+
+    def _save_high_water(self, conn: sqlite3.Connection) -> None:
+        if self._last_id is not None:
+            conn.execute("INSERT OR REPLACE INTO kv (scope, key, value) VALUES "
+                         "('orrad', 'ledger_last_id', ?)", (_encode(self._last_id),))
 
     async def record(self, source: str, delivery_id: str, namespace: str,
                      payload: dict[str, Any]) -> tuple[bool, LedgerEntry]:
@@ -156,18 +116,19 @@ class Ledger:
         payload may be given already encoded (JSON bytes)."""
         encoded = [payload if isinstance(payload, bytes) else _encode(payload)
                    for *_, payload in items]
-        await self._load_high_water()
-        ids = [self.take_id() for _ in items]
 
         def run(conn: sqlite3.Connection) -> list[tuple[bool, LedgerEntry]]:
             now = time.time()
             with transaction(conn):
-                # Every item has the next id and one batched INSERT skips repeats; only
-                # when some were skipped are the items looked up (a stored row with
+                # Every item gets the next id and one batched INSERT that skips repeats;
+                # only when some were skipped are the items looked up (a stored row with
                 # another id than the one just given is a repeat; that id stays unused).
+                ids = [self._next_id(conn) for _ in items]
                 before = conn.total_changes
                 conn.executemany(
-                    _INSERT + " ON CONFLICT DO NOTHING",
+                    "INSERT INTO ledger (source, delivery_id, id, namespace, state, "
+                    "payload, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'received', ?, ?, ?) ON CONFLICT DO NOTHING",
                     [(source, delivery_id, ledger_id, namespace, blob, now, now)
                      for (source, delivery_id, namespace, _), ledger_id, blob
                      in zip(items, ids, encoded, strict=True)])
@@ -186,50 +147,10 @@ class Ledger:
                     results.append((True, LedgerEntry(
                         ledger_id, source, delivery_id, namespace, "received",
                         {} if isinstance(payload, bytes) else payload, None, now, now)))
-                if ids:
-                    conn.execute(_HIGH_WATER, (_encode(max(ids)),))
+                self._save_high_water(conn)
             return results
 
         return await self.db.run(run, inline=True)
-
-    def insert_write(self, row: NewRow) -> Callable[[sqlite3.Connection], None]:
-        """The write that records ``row`` (``received``), to run inside another
-        operation's transaction: a run's first session save, so the message and its
-        first session entries become durable together. A row already stored under the
-        key fails the write (and so the operation it joined): the caller checked there
-        was none."""
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT, (row.source, row.delivery_id, row.id, row.namespace,
-                                   row.payload, row.created_at, time.time()))
-            conn.execute(_HIGH_WATER, (_encode(row.id),))
-
-        return write
-
-    async def insert(self, row: NewRow) -> None:
-        """Record ``row`` on its own (see :meth:`insert_write`)."""
-        write = self.insert_write(row)
-
-        def run(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                write(conn)
-
-        await self.db.run(run, inline=True)
-
-    async def lookup_many(self, keys: list[Key]) -> list[LedgerEntry | None]:
-        """The entries stored under ``keys`` (``None``: none), read on the database's read
-        connection: the last commit, without waiting for one in progress."""
-
-        def run(conn: sqlite3.Connection) -> list[LedgerEntry | None]:
-            found: list[LedgerEntry | None] = []
-            for source, delivery_id in keys:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM ledger WHERE source = ? AND delivery_id = ?",
-                    (source, delivery_id)).fetchone()
-                found.append(None if row is None else _row(row))
-            return found
-
-        return await self.db.read(run, inline=True)
 
     async def answer(self, key: Key, reply: Any) -> None:
         """Store the reply (anything msgspec encodes as a JSON object): the message is
@@ -244,31 +165,23 @@ class Ledger:
 
         await self.db.run(run, inline=True)
 
-    async def settle_many(self, outcomes: list[tuple[Key, LedgerState, Any]],
-                          rows: list[NewRow] | None = None) -> None:
+    async def settle_many(self, outcomes: list[tuple[Key, LedgerState, Any]]) -> None:
         """Record several deliveries' outcomes in one operation; an outcome with a reply
         (not ``None``) stores it too (an answer whose delivery needed nothing stored
-        beforehand: a caller waiting in this process). ``rows`` are messages that may
-        not be recorded yet (their run wrote nothing): they are written first."""
-        encoded = [(state, None if reply is None else _encode(reply), key)
-                   for key, state, reply in outcomes]
+        beforehand: a caller waiting in this process)."""
+        rows = [(state, None if reply is None else _encode(reply), key)
+                for key, state, reply in outcomes]
 
         def run(conn: sqlite3.Connection) -> None:
             now = time.time()
             with transaction(conn):
-                if rows:
-                    conn.executemany(
-                        _INSERT + " ON CONFLICT DO NOTHING",
-                        [(row.source, row.delivery_id, row.id, row.namespace, row.payload,
-                          row.created_at, now) for row in rows])
-                    conn.execute(_HIGH_WATER, (_encode(max(row.id for row in rows)),))
                 # One statement for the whole batch, in order: a NULL reply keeps the
                 # stored one.
                 conn.executemany(
                     "UPDATE ledger SET state = ?, reply = coalesce(?, reply), updated_at = ? "
                     "WHERE source = ? AND delivery_id = ?",
                     [(state, blob, now, source, delivery_id)
-                     for state, blob, (source, delivery_id) in encoded])
+                     for state, blob, (source, delivery_id) in rows])
 
         await self.db.run(run, inline=True)
 
@@ -303,7 +216,6 @@ class Ledger:
         """A random token made when the ledger was first used: ids are only unique within
         it (a reset or restored state directory starts another epoch)."""
         candidate = secrets.token_hex(6)
-        await self._load_high_water()
 
         def run(conn: sqlite3.Connection) -> str:
             with transaction(conn):

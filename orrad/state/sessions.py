@@ -10,7 +10,7 @@ import msgspec
 
 from orrad.errors import StoreCorrupt
 from orrad.model import Message, Namespace
-from orrad.runtime.sessions import JoinedWrite, Session, SessionInfo
+from orrad.runtime.sessions import Session, SessionInfo
 from orrad.state.db import Database, transaction
 
 __all__ = ["SqliteSessionStore", "delete_session", "list_sessions", "load_session"]
@@ -47,19 +47,10 @@ class SqliteSessionStore:
             self._remember(session)
         return session
 
-    async def save(self, session: Session, *, with_write: JoinedWrite | None = None) -> None:
-        """Append what the database lacks; ``with_write`` (a write of the caller's on the
-        same database) is done in the same transaction."""
-
-        def run(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                if with_write is not None:
-                    with_write(conn)
-                _save(conn, session)
-
+    async def save(self, session: Session) -> None:
         try:
             # Inline: only the new tail is written (a few rows); see Database.run.
-            await self.db.run(run, inline=True)
+            await self.db.run(lambda conn: _save(conn, session), inline=True)
         except BaseException:
             # The object may now differ from the database: drop it, reload next time.
             self._cache.pop(session.namespace, None)
@@ -74,10 +65,6 @@ class SqliteSessionStore:
             self._cache.pop(session.namespace, None)
             raise
         self._remember(session)
-
-    def joins(self, db: Database) -> bool:
-        """Whether a write on ``db`` can join this store's saves (``with_write``)."""
-        return db is self.db
 
     def _remember(self, session: Session) -> None:
         self._cache[session.namespace] = session

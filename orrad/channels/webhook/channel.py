@@ -253,11 +253,6 @@ class WebhookChannel(BaseChannel):
         handed to the waiting request (and stored with its outcome)."""
         return bool(reply.reply_to.get("callback_url"))
 
-    def awaits_answer(self, inbound: InboundMessage) -> bool:
-        """A synchronous request is told nothing before its answer (the 200 is the
-        acknowledgement): its message is recorded with its run."""
-        return not inbound.reply_to.get("callback_url")
-
     async def send(self, response: OutboundMessage) -> None:
         await self._finish(response)
 
