@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from orrad.errors import ProviderError, ProviderUnavailable
+from orrad.http import client as client_module
 from orrad.runtime.providers import pool
 from orrad.runtime.providers.http import (
     HTTPClient,
@@ -152,7 +153,7 @@ async def test_failures_are_provider_errors(autojump_clock: trio.testing.MockClo
     slow = CountingServer()  # never answers: release is not set
     big = CountingServer(body=b"x" * 2000)
     big.release.set()
-    monkeypatch.setattr(pool, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(client_module, "MAX_BODY_BYTES", 1000)
     async with trio.open_nursery() as nursery:
         slow_port = await _serve(nursery, slow)
         big_port = await _serve(nursery, big)
