@@ -485,9 +485,11 @@ class Daemon:
             federation: Federation | None = None
             if self.config.federation is not None:
                 http = await stack.enter_async_context(Federation.http_client())
+                relays = await stack.enter_async_context(Federation.relay_client())
                 federation = self.federation = Federation(
                     self.config, self.config.federation, store=self.store,
-                    current_config=lambda: self.config, http=http, metrics=self.metrics)
+                    current_config=lambda: self.config, http=http, metrics=self.metrics,
+                    relays=relays)
             self.router = Router(agents, ledger=self.ledger,
                                  max_concurrency=self.config.routing.max_concurrency,
                                  rerun_interrupted=self.config.routing.rerun_interrupted,

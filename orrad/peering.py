@@ -45,6 +45,7 @@ from orrad.federation.wire import (
     WireUsage,
 )
 from orrad.http import HTTPServer
+from orrad.http.client import PooledClient
 from orrad.metrics import Metrics, peer_queue_family, peer_up_family
 from orrad.model import (
     InboundMessage,
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 # deadline and a short backoff, fit in that even when the peer's host does not answer.
 RETRY = RetrySettings(attempts=3, backoff_base_s=0.2, backoff_max_s=1.0)
 CONNECT_TIMEOUT_S = 1.2
+RELAY_CONNECTIONS = 64  # relays in flight at once, all peers together (more wait)
 BREAKER_FAILURES = 5  # more than one call's attempts: a cut connection alone never opens it
 BREAKER_COOLDOWN_S = 2.0
 BREAKER_MAX_COOLDOWN_S = 10.0  # a queued message waits at most this long after the peer returns
@@ -101,7 +103,8 @@ class Federation:
 
     def __init__(self, config: DaemonConfig, federation: FederationConfig, *,
                  store: SessionStore, current_config: Callable[[], DaemonConfig],
-                 http: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
+                 http: httpx.AsyncClient, metrics: Metrics | None = None,
+                 relays: PooledClient | None = None) -> None:
         self.instance = config.instance
         self.metrics = metrics if metrics is not None else Metrics()
         self.federation = federation
@@ -114,7 +117,7 @@ class Federation:
         peers = peers_from_config(federation)
         self.client = PeerClient(config.instance, peers, http, retry=RETRY,
                                  breaker_factory=_breaker,
-                                 connect_timeout_s=CONNECT_TIMEOUT_S)
+                                 connect_timeout_s=CONNECT_TIMEOUT_S, relays=relays)
         self.verifier = Verifier(config.instance, {p.name: p.secret for p in peers})
         self.router: Router | None = None
         self.address: tuple[str, int] | None = None
@@ -123,6 +126,12 @@ class Federation:
     @staticmethod
     def http_client() -> httpx.AsyncClient:
         return make_http_client(connect_timeout_s=CONNECT_TIMEOUT_S)
+
+    @staticmethod
+    def relay_client() -> PooledClient:
+        """The client relays go over (one call per message: the lean one)."""
+        return PooledClient(RELAY_CONNECTIONS, connect_timeout_s=CONNECT_TIMEOUT_S,
+                            user_agent=f"orrad/{__version__}")
 
     # -- the router's side (Relayer) ---------------------------------------------------
 

@@ -1,11 +1,15 @@
 """PeerClient against a real orrad HTTP server that verifies every signature: retries
-(same txn_id, fresh nonce), no retry on 4xx, connection cuts, the breaker and its probe."""
+(same txn_id, fresh nonce), no retry on 4xx, connection cuts, the breaker and its probe.
+
+Every test runs twice: with relays over httpx, and over the lean
+:class:`~orrad.http.client.PooledClient` the daemon uses for them."""
 
 from __future__ import annotations
 
 import logging
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -29,6 +33,7 @@ from orrad.federation.errors import (
 )
 from orrad.federation.wire import RelayRequest
 from orrad.http import Response
+from orrad.http.client import PooledClient
 from tests.federation.peer import SECRET, CuttingProxy, ScriptedPeer, raw_json
 
 FAST = RetrySettings(attempts=4, backoff_base_s=0.001, backoff_max_s=0.002)
@@ -44,14 +49,22 @@ class ManualClock:
         return self.now
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_http_client() as client:
-        yield client
+@dataclass
+class Transports:
+    """The clients a PeerClient is given: httpx, and the relays' client (or none)."""
+
+    http: httpx.AsyncClient
+    relays: PooledClient | None
+
+
+@pytest.fixture(params=["httpx", "pooled"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[Transports]:
+    async with make_http_client() as client, PooledClient(8) as pooled:
+        yield Transports(client, pooled if request.param == "pooled" else None)
 
 
 def client_for(
-    http: httpx.AsyncClient, url: str, *, retry: RetrySettings = FAST,
+    http: Transports, url: str, *, retry: RetrySettings = FAST,
     clock: ManualClock | None = None, threshold: int = 5, timeout_s: float = 5.0,
 ) -> PeerClient:
     manual = clock or ManualClock()
@@ -61,7 +74,8 @@ def client_for(
                               clock=manual)
 
     peer = Peer("beta", url, SECRET, timeout_s=timeout_s)
-    return PeerClient("alpha", [peer], http, retry=retry, breaker_factory=breaker)
+    return PeerClient("alpha", [peer], http.http, retry=retry, breaker_factory=breaker,
+                      relays=http.relays)
 
 
 def relay_request(txn_id: str = "txn-1", message: str = "hi") -> RelayRequest:
@@ -70,7 +84,7 @@ def relay_request(txn_id: str = "txn-1", message: str = "hi") -> RelayRequest:
 
 
 async def test_relay_is_signed_and_answered(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer()
     client = client_for(http, await peer.start(nursery))
@@ -86,7 +100,7 @@ async def test_relay_is_signed_and_answered(
 
 
 async def test_5xx_is_retried_with_the_same_txn_id_and_fresh_nonces(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer(script=[(503, "unavailable"), (500, "internal")])
     client = client_for(http, await peer.start(nursery))
@@ -99,7 +113,7 @@ async def test_5xx_is_retried_with_the_same_txn_id_and_fresh_nonces(
 
 
 async def test_retries_spent_on_5xx_keep_the_peers_status_and_code(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer(script=[(502, "provider_error")] * 4)
     client = client_for(http, await peer.start(nursery))
@@ -112,7 +126,7 @@ async def test_retries_spent_on_5xx_keep_the_peers_status_and_code(
 
 
 async def test_a_503_after_retries_means_unavailable(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer(script=[(503, "unavailable")] * 4)
     client = client_for(http, await peer.start(nursery))
@@ -123,7 +137,7 @@ async def test_a_503_after_retries_means_unavailable(
 
 
 async def test_loop_detected_is_not_retried_and_passed_back_unchanged(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer(script=[(409, "loop_detected")])
     client = client_for(http, await peer.start(nursery))
@@ -145,7 +159,7 @@ async def test_loop_detected_is_not_retried_and_passed_back_unchanged(
     (raw_json(418, {"unexpected": True}), 418, "http_418"),
 ])
 async def test_no_4xx_is_retried(
-    nursery: trio.Nursery, http: httpx.AsyncClient, answer: tuple[int, str] | Response,
+    nursery: trio.Nursery, http: Transports, answer: tuple[int, str] | Response,
     status: int, code: str,
 ) -> None:
     peer = ScriptedPeer(script=[answer])
@@ -157,7 +171,7 @@ async def test_no_4xx_is_retried(
 
 
 async def test_auth_rejection_is_one_attempt_and_an_error_log(
-    nursery: trio.Nursery, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, http: Transports, caplog: pytest.LogCaptureFixture
 ) -> None:
     peer = ScriptedPeer(secrets={"alpha": "not-what-alpha-has"})
     client = client_for(http, await peer.start(nursery))
@@ -169,7 +183,7 @@ async def test_auth_rejection_is_one_attempt_and_an_error_log(
 
 
 async def test_lost_ack_is_retried_with_the_same_txn_and_runs_once(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer()
     proxy = CuttingProxy(await peer.start(nursery), cut=2)
@@ -182,7 +196,7 @@ async def test_lost_ack_is_retried_with_the_same_txn_and_runs_once(
 
 
 async def test_connection_refused_is_unavailable_naming_the_peer(
-    http: httpx.AsyncClient,
+    http: Transports,
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -196,7 +210,7 @@ async def test_connection_refused_is_unavailable_naming_the_peer(
 
 
 async def test_slow_peer_times_out_as_unavailable(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer(script=["hang"])
     client = client_for(http, await peer.start(nursery), retry=RetrySettings(attempts=1),
@@ -206,7 +220,7 @@ async def test_slow_peer_times_out_as_unavailable(
 
 
 async def test_breaker_opens_then_sends_nothing_until_a_probe_succeeds(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     clock = ManualClock()
     peer = ScriptedPeer(script=[(503, "unavailable")] * 5)
@@ -233,7 +247,7 @@ async def test_breaker_opens_then_sends_nothing_until_a_probe_succeeds(
 
 
 async def test_failed_probe_reopens_and_the_relay_is_not_sent(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     clock = ManualClock()
     peer = ScriptedPeer(script=[(503, "unavailable")] * 3)
@@ -250,7 +264,7 @@ async def test_failed_probe_reopens_and_the_relay_is_not_sent(
 
 
 async def test_health_measures_the_round_trip(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer()
     client = client_for(http, await peer.start(nursery))
@@ -262,7 +276,7 @@ async def test_health_measures_the_round_trip(
 
 
 async def test_query_is_part_of_the_signed_target(
-    nursery: trio.Nursery, http: httpx.AsyncClient
+    nursery: trio.Nursery, http: Transports
 ) -> None:
     peer = ScriptedPeer()
     client = client_for(http, await peer.start(nursery))
@@ -278,7 +292,7 @@ async def test_query_is_part_of_the_signed_target(
     b'{"message": "m"}',
 ])
 async def test_a_2xx_we_cannot_use_is_a_bad_response(
-    nursery: trio.Nursery, http: httpx.AsyncClient, body: bytes
+    nursery: trio.Nursery, http: Transports, body: bytes
 ) -> None:
     peer = ScriptedPeer(script=[Response(200, [("content-type", "application/json")], body)])
     client = client_for(http, await peer.start(nursery))
@@ -288,7 +302,7 @@ async def test_a_2xx_we_cannot_use_is_a_bad_response(
     assert len(peer.relays()) == 1
 
 
-async def test_only_relays_from_this_instance(http: httpx.AsyncClient) -> None:
+async def test_only_relays_from_this_instance(http: Transports) -> None:
     client = client_for(http, "http://127.0.0.1:9")
     bad = [
         RelayRequest(txn_id="t", origin="gamma", hops=("gamma",), namespace="a", message="m"),
