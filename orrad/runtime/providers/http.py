@@ -1,7 +1,8 @@
 """The transport layer under the HTTP providers: one shared client and one guarded POST.
 
-The daemon makes one :class:`~orrad.runtime.providers.pool.ProviderClient` (h11 on trio,
-see there why not httpx) with :func:`make_http_client` and hands it to every provider.
+The daemon makes one :class:`~orrad.runtime.providers.pool.ProviderClient` (llhttp on
+trio, see :mod:`orrad.http.client` why not httpx) with :func:`make_http_client` and hands
+it to every provider.
 Embedders and tests may pass an :class:`httpx.AsyncClient` instead. :func:`post` sends one
 request under a hard deadline through either and translates every failure into the
 :class:`~orrad.errors.ProviderError` tree, so nothing above this module sees an httpx or
