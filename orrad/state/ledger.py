@@ -77,6 +77,10 @@ def _stored_json(blob: Any, where: str, what: str) -> dict[str, Any] | None:
 
 
 Key = tuple[str, str]  # (source, delivery_id)
+# A batch of up to this many rows runs its statements on the event loop (Database.run's
+# ``inline``); a larger one (a backlog after an outage) in the worker, so the loop never
+# stalls on it.
+INLINE_ROWS = 1024  # ~5 ms of statements at most
 
 
 class Ledger:
@@ -150,7 +154,7 @@ class Ledger:
                 self._save_high_water(conn)
             return results
 
-        return await self.db.run(run, inline=True)
+        return await self.db.run(run, inline=len(items) <= INLINE_ROWS)
 
     async def answer(self, key: Key, reply: Any) -> None:
         """Store the reply (anything msgspec encodes as a JSON object): the message is
@@ -183,7 +187,7 @@ class Ledger:
                     [(state, blob, now, source, delivery_id)
                      for state, blob, (source, delivery_id) in rows])
 
-        await self.db.run(run, inline=True)
+        await self.db.run(run, inline=len(outcomes) <= INLINE_ROWS)
 
     async def mark(self, key: Key, state: LedgerState) -> None:
         def run(conn: sqlite3.Connection) -> None:
