@@ -78,10 +78,12 @@ class Hook:
 @asynccontextmanager
 async def webhook(tmp_path: Path, auth: str = f"auth:\n  signing_secret: [{SECRET}]\n",
                   *, delay: float = 0.0, extra: str = "",
-                  provider: CountingEcho | None = None) -> AsyncIterator[Hook]:
+                  provider: CountingEcho | None = None,
+                  reply_timeout_s: float = 5) -> AsyncIterator[Hook]:
     (tmp_path / "channels.d").mkdir(exist_ok=True)
     (tmp_path / "channels.d" / "hooks.yaml").write_text(
-        f"kind: webhook\nlisten: 127.0.0.1:0\nreply_timeout_s: 5\n{auth}{extra}")
+        f"kind: webhook\nlisten: 127.0.0.1:0\nreply_timeout_s: {reply_timeout_s}\n"
+        f"{auth}{extra}")
     (tmp_path / "orrad.yaml").write_text("instance: alpha\napi:\n  listen: ''\n")
     daemon = Daemon(load_daemon_config(str(tmp_path / "orrad.yaml")), handle_signals=False)
     provider = provider or CountingEcho(delay)
@@ -486,3 +488,57 @@ async def test_callback_of_a_run_that_outlives_a_channel_restart(tmp_path: Path)
         with trio.fail_after(5):
             await sink.arrived.wait()
         assert [r.header("webhook-id") for r in sink.received] == ["survivor"]
+
+
+class DelayedByText(CountingEcho):
+    """Echoes each text after its own delay (0 when not listed)."""
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        super().__init__()
+        self.delays = delays
+
+    async def complete(self, request: Any) -> Any:
+        text = request.messages[-1].content
+        self.runs.append(text)
+        await trio.sleep(self.delays.get(text, 0.0))
+        return reply(f"echo: {text}", 3, 4)
+
+
+async def test_a_reply_later_than_reply_timeout_is_504_and_the_same_id_gets_it_later(
+        tmp_path: Path) -> None:
+    provider = DelayedByText({"slow": 3.0})
+    async with webhook(tmp_path, auth="", provider=provider, reply_timeout_s=1) as hook:
+        slow = body(message="slow", namespace="a")
+        headers = {"content-type": "application/json", "idempotency-key": "slow-1"}
+        answers: dict[str, httpx.Response] = {}
+
+        async def ask_slow() -> None:
+            started = trio.current_time()
+            answers["slow"] = await post(hook.url, slow, headers)
+            answers["slow_waited"] = httpx.Response(200, json=trio.current_time() - started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask_slow)
+            with trio.fail_after(5):
+                while not provider.runs:
+                    await trio.sleep(0.01)
+            # Others are answered while the slow one waits: its timeout is its own.
+            for i in range(3):
+                fast = body(message=f"fast {i}", namespace=f"b{i}")
+                response = await post(hook.url, fast, {"content-type": "application/json"})
+                assert response.status_code == 200, response.text
+                assert response.json()["message"] == f"echo: fast {i}"
+        first = answers["slow"]
+        assert first.status_code == 504, first.text
+        assert first.json()["error"]["code"] == "timeout"
+        assert answers["slow_waited"].json() >= 1.0
+        # The run goes on; once it has answered, the same id gets that answer.
+        with trio.fail_after(10):
+            while True:
+                again = await post(hook.url, slow, headers)
+                if again.status_code != 409:
+                    break
+                await trio.sleep(0.1)
+        assert again.status_code == 200, again.text
+        assert again.json()["message"] == "echo: slow"
+        assert provider.runs.count("slow") == 1

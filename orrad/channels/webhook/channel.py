@@ -30,6 +30,7 @@ from orrad.channels.base import BaseChannel, ChannelContext
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.callbacks import CallbackGuard, post_callback
 from orrad.channels.webhook.policy import CallbackPolicy
+from orrad.channels.webhook.waiting import Pending, ReplyWaits
 from orrad.config import ChannelConfig, WebhookChannelConfig
 from orrad.config.agents import BadAgentChoice, agent_choice_problem, requested_agent
 from orrad.delivery import error_body, reply_body, status_for_code
@@ -66,15 +67,6 @@ class WebhookRequest(msgspec.Struct):
     id: str | None = None
 
 
-class _Pending:
-    """A synchronous request waiting for its reply."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.status = 0
-        self.body: dict[str, Any] = {}
-
-
 class WebhookChannel(BaseChannel):
     kind: ClassVar[str] = "webhook"
     config_type: ClassVar[type[ChannelConfig]] = WebhookChannelConfig
@@ -88,7 +80,8 @@ class WebhookChannel(BaseChannel):
         # Where callbacks may go (checked at intake and again for every address at send
         # time); its resolver is replaceable so tests resolve names offline.
         self.callback_guard = CallbackGuard(CallbackPolicy.from_allow(config.callback_allow))
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Pending] = {}
+        self._waits = ReplyWaits(config.reply_timeout_s)
         self._server: HTTPServer | None = None
         self._client: httpx.AsyncClient | None = None
         self.address: tuple[str, int] | None = None
@@ -109,6 +102,7 @@ class WebhookChannel(BaseChannel):
                 httpx.AsyncClient(timeout=httpx.Timeout(CALLBACK_TIMEOUT_S)))
             self._client = client
             nursery = await stack.enter_async_context(trio.open_nursery())
+            await nursery.start(self._waits.run)
             try:
                 self.address = await nursery.start(self._server.serve, self.cfg.listen)
                 log.info("webhook %s listening on http://%s:%d%s", self.name, *self.address,
@@ -153,7 +147,7 @@ class WebhookChannel(BaseChannel):
         pending = self._pending.get(request_id)
         owner = pending is None and not body.callback_url
         if owner:
-            pending = self._pending[request_id] = _Pending()
+            pending = self._pending[request_id] = Pending()
         try:
             try:
                 receipt = await self.accept(inbound)
@@ -169,8 +163,7 @@ class WebhookChannel(BaseChannel):
             if body.callback_url:
                 return json_response(202, {"id": request_id, "status": "accepted"})
             assert pending is not None
-            with trio.move_on_after(self.cfg.reply_timeout_s):
-                await pending.done.wait()
+            if await self._waits.wait(pending):
                 return json_response(pending.status, pending.body)
         finally:
             if owner:
@@ -243,10 +236,8 @@ class WebhookChannel(BaseChannel):
         synchronous request is answered ``202 queued`` now; its reply is kept for a retry
         with the same id (and POSTed to ``callback_url`` when there is one)."""
         pending = self._pending.get(inbound.delivery_id or "")
-        if pending is not None and not pending.done.is_set():
-            pending.status = 202
-            pending.body = {"id": inbound.delivery_id, "status": "queued"}
-            pending.done.set()
+        if pending is not None:
+            pending.answer(202, {"id": inbound.delivery_id, "status": "queued"})
 
     def stores_before_send(self, reply: OutboundMessage | OutboundError) -> bool:
         """A callback must be stored before it is POSTed; a synchronous reply is only
@@ -268,9 +259,8 @@ class WebhookChannel(BaseChannel):
         request_id = reply.delivery_id or ""
         status, body = self._render(request_id, reply)
         pending = self._pending.get(request_id)
-        if pending is not None and not pending.done.is_set():
-            pending.status, pending.body = status, body
-            pending.done.set()
+        if pending is not None:
+            pending.answer(status, body)
         url = reply.reply_to.get("callback_url")
         if not isinstance(url, str) or not url:
             return
