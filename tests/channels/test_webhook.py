@@ -511,11 +511,12 @@ async def test_a_reply_later_than_reply_timeout_is_504_and_the_same_id_gets_it_l
         slow = body(message="slow", namespace="a")
         headers = {"content-type": "application/json", "idempotency-key": "slow-1"}
         answers: dict[str, httpx.Response] = {}
+        waited: list[float] = []
 
         async def ask_slow() -> None:
             started = trio.current_time()
             answers["slow"] = await post(hook.url, slow, headers)
-            answers["slow_waited"] = httpx.Response(200, json=trio.current_time() - started)
+            waited.append(trio.current_time() - started)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ask_slow)
@@ -531,7 +532,7 @@ async def test_a_reply_later_than_reply_timeout_is_504_and_the_same_id_gets_it_l
         first = answers["slow"]
         assert first.status_code == 504, first.text
         assert first.json()["error"]["code"] == "timeout"
-        assert answers["slow_waited"].json() >= 1.0
+        assert waited[0] >= 1.0
         # The run goes on; once it has answered, the same id gets that answer.
         with trio.fail_after(10):
             while True:
