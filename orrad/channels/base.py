@@ -109,14 +109,36 @@ class BaseChannel:
         self.context = context
         self.name = context.name
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboundMessage](0)
+        self._take_now: Callable[[InboundMessage], bool] | None = None
+        # Messages handed to the queue and not yet returned by receive(): while there are
+        # any, the next one queues too, so none overtakes an earlier one.
+        self._queued = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await trio.sleep_forever()
 
     async def deliver(self, inbound: InboundMessage) -> None:
-        """Hand ``inbound`` to whoever calls :meth:`receive` (waits until taken)."""
-        await self._inbox_send.send(inbound)
+        """Hand ``inbound`` to whoever calls :meth:`receive` (waits until taken), or to
+        the taker given to :meth:`take_directly` when it has room now."""
+        take_now = self._take_now
+        if take_now is not None and not self._queued and take_now(inbound):
+            return
+        self._queued += 1
+        try:
+            await self._inbox_send.send(inbound)
+        except BaseException:
+            self._queued -= 1  # not taken
+            raise
+
+    def take_directly(self, take_now: Callable[[InboundMessage], bool] | None) -> None:
+        """Have :meth:`deliver` call ``take_now(inbound)`` first, in the delivering task:
+        it takes the message and returns True, or returns False (no room) and the message
+        goes to :meth:`receive` as usual (so do all while one still waits there, keeping
+        their order). ``None`` stops it; so does :meth:`close_intake`. (The router's pump:
+        no task switch between a channel and the pipeline; the pump takes what
+        :meth:`receive` returns without yielding first.)"""
+        self._take_now = take_now
 
     async def accept(self, inbound: InboundMessage) -> Receipt:
         """Hand over ``inbound`` (which has a ``delivery_id``) and wait until the pipeline
@@ -140,13 +162,16 @@ class BaseChannel:
 
     def close_intake(self) -> None:
         """No more messages: :meth:`receive` returns ``None`` once the queue is empty."""
+        self._take_now = None
         self._inbox_send.close()
 
     async def receive(self) -> InboundMessage | None:
         try:
-            return await self._inbox_recv.receive()
+            inbound = await self._inbox_recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return None
+        self._queued -= 1
+        return inbound
 
     async def send(self, response: OutboundMessage) -> None:
         raise NotImplementedError

@@ -16,6 +16,7 @@ unparsed. Responses are written here: a status line, the handler's headers (chec
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
@@ -443,6 +444,19 @@ class Connection:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def _send_now(self, data: bytes) -> int:
+        """Write what the socket takes at once (the whole of a response that fits its send
+        buffer, normally) without a trip through the scheduler; 0 when it takes nothing or
+        fails, and ``send_all`` then waits, or raises the error in trio's terms.
+
+        trio's ``send_all`` always yields; the next ``receive_some`` of this loop is the
+        checkpoint instead (it yields even when the next request is already there).
+        """
+        try:
+            return os.write(self.stream.socket.fileno(), data)
+        except OSError:
+            return 0
+
     def _encode(self, resp: Response, close: bool, method: str) -> bytes:
         """The whole response: status line, ``Content-Length``, the handler's headers,
         ``Connection: close`` when closing, ``Server`` and ``Date``, then the body (none
@@ -492,7 +506,9 @@ class Connection:
         self.phase = SEND
         now = trio.current_time()
         self._arm(now + shared.limits.send_timeout_s)
-        await self.stream.send_all(data)
+        sent = self._send_now(data)
+        if sent < len(data):
+            await self.stream.send_all(data[sent:] if sent else data)
         if close:
             return False
         parser.start_next_cycle()

@@ -7,6 +7,8 @@ from typing import Any
 import trio
 
 from orrad.channels.webhook.waiting import Pending, ReplyWaits
+from orrad.errors import StoreError
+from orrad.model import Receipt
 
 
 async def test_each_wait_ends_at_its_own_deadline_or_its_answer(autojump_clock: Any) -> None:
@@ -16,6 +18,7 @@ async def test_each_wait_ends_at_its_own_deadline_or_its_answer(autojump_clock: 
     async def one(name: str, start_at: float, answer_at: float | None = None) -> None:
         await trio.sleep_until(start_at)
         pending = Pending()
+        pending.recorded(Receipt(True, "1"))  # recorded, runs now: the answer ends the wait
         if answer_at is not None:
             async def answer() -> None:
                 await trio.sleep_until(answer_at)
@@ -39,3 +42,40 @@ async def test_each_wait_ends_at_its_own_deadline_or_its_answer(autojump_clock: 
     assert results["c"] == (False, 15.0, 0, {})
     assert results["d"] == (True, 31.0, 200, {"name": "d"})
     assert results["e"] == (False, 50.0, 0, {})
+
+
+async def test_the_wait_needs_the_receipt_and_ends_without_an_answer_when_nothing_runs(
+        autojump_clock: Any) -> None:
+    """An answer (a 'queued' notice) can come before the receipt: the wait still ends only
+    once the message is recorded. A receipt saying the message does not run now (a
+    repeat, a refusal, a queue) ends it with no answer; one saying it runs does not."""
+    waits = ReplyWaits(10.0)
+    ended: dict[str, float] = {}
+
+    async def wait(name: str, pending: Pending) -> None:
+        assert await waits.wait(pending)
+        ended[name] = trio.current_time()
+
+    early, repeat, refused, queued, runs = (Pending() for _ in range(5))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(waits.run)
+        for name, pending in [("early", early), ("repeat", repeat), ("refused", refused),
+                              ("queued", queued), ("runs", runs)]:
+            nursery.start_soon(wait, name, pending)
+        await trio.sleep(1)
+        early.answer(202, {"status": "queued"})
+        runs.recorded(Receipt(True, "5"))
+        await trio.sleep(1)
+        assert ended == {}  # the early answer waits for its receipt; "runs" for its reply
+        early.recorded(Receipt(True, "1", queued=True))
+        repeat.recorded(Receipt(False, "2", "answered"))
+        refused.recorded(Receipt(False, error=StoreError("disk full")))
+        queued.recorded(Receipt(True, "4", queued=True))
+        await trio.sleep(1)
+        assert ended == {"early": 2.0, "repeat": 2.0, "refused": 2.0, "queued": 2.0}
+        assert (early.status, early.body) == (202, {"status": "queued"})
+        assert repeat.status == refused.status == queued.status == 0
+        runs.answer(200, {"message": "hi"})
+        await trio.sleep(1)
+        assert ended["runs"] == 3.0 and runs.status == 200
+        nursery.cancel_scope.cancel()

@@ -149,6 +149,9 @@ class WebhookChannel(BaseChannel):
         if owner:
             pending = self._pending[request_id] = Pending()
         try:
+            if owner:
+                assert pending is not None
+                return await self._answer_when_done(inbound, pending)
             try:
                 receipt = await self.accept(inbound)
             except ChannelClosed:
@@ -162,15 +165,42 @@ class WebhookChannel(BaseChannel):
                 return json_response(202, {"id": request_id, "status": "queued"})
             if body.callback_url:
                 return json_response(202, {"id": request_id, "status": "accepted"})
+            # The same id is already waited for here: wait for the same answer.
             assert pending is not None
             if await self._waits.wait(pending):
                 return json_response(pending.status, pending.body)
         finally:
             if owner:
                 self._pending.pop(request_id, None)
-        raise HTTPError(504, "timeout",
-                        f"no reply within {self.cfg.reply_timeout_s:g}s; retry with the same "
-                        "id to get it later")
+        raise self._timed_out()
+
+    async def _answer_when_done(self, inbound: InboundMessage, pending: Pending) -> Response:
+        """A synchronous request's answer, with one wait: the receipt wakes it only when
+        the message will not run now (a repeat, a refusal, a queue), else the reply does.
+        The reply timeout counts from the hand-over (recording takes milliseconds)."""
+        inbound.on_recorded = pending.recorded
+        try:
+            await self.deliver(inbound)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise HTTPError(503, "unavailable", "the channel is shutting down") from None
+        answered = await self._waits.wait(pending)
+        receipt = pending.receipt
+        if receipt is None:  # not even recorded within the timeout; a retry will tell
+            raise self._timed_out()
+        request_id = inbound.delivery_id or ""
+        if receipt.error is not None:
+            raise HTTPError(503, "unavailable", "the state store is unavailable; retry later")
+        if not receipt.new:
+            return self._repeat(request_id, receipt.reply, False)
+        if receipt.queued:
+            return json_response(202, {"id": request_id, "status": "queued"})
+        if not answered:
+            raise self._timed_out()
+        return json_response(pending.status, pending.body)
+
+    def _timed_out(self) -> HTTPError:
+        return HTTPError(504, "timeout", f"no reply within {self.cfg.reply_timeout_s:g}s; "
+                         "retry with the same id to get it later")
 
     def _parse(self, request: Request) -> WebhookRequest:
         try:

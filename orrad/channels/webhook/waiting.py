@@ -14,24 +14,40 @@ from typing import Any
 
 import trio
 
+from orrad.model import Receipt
+
 __all__ = ["Pending", "ReplyWaits"]
 
 
 class Pending:
-    """A synchronous request waiting for its reply (``status`` and ``body`` once set)."""
+    """A synchronous request waiting for its reply (``status`` and ``body`` once set).
 
-    __slots__ = ("body", "done", "status", "timed_out")
+    The wait ends once the pipeline's receipt is in and either says the message does not
+    run now (a repeat, a refusal, a queue) or the reply came (a notice that the message
+    is queued can come before the receipt), or when the timer ends it.
+    """
+
+    __slots__ = ("body", "done", "receipt", "status", "timed_out")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.status = 0
         self.body: dict[str, Any] = {}
         self.timed_out = False
+        self.receipt: Receipt | None = None
 
     def answer(self, status: int, body: dict[str, Any]) -> None:
         """Give the waiting request its answer (the first answer or timeout wins)."""
-        if not self.done.is_set():
+        if self.status == 0 and not self.done.is_set():
             self.status, self.body = status, body
+            if self.receipt is not None:
+                self.done.set()
+
+    def recorded(self, receipt: Receipt) -> None:
+        """The pipeline's receipt (an ``on_recorded`` callback)."""
+        self.receipt = receipt
+        if (receipt.error is not None or not receipt.new or receipt.queued
+                or self.status != 0):
             self.done.set()
 
 
