@@ -828,6 +828,23 @@ async def test_slow_reader_is_dropped(
     await stream.aclose()
 
 
+async def test_a_response_larger_than_the_socket_takes_at_once_arrives_whole(
+    nursery: trio.Nursery,
+) -> None:
+    """The first write takes what the socket buffer holds; the rest follows through
+    send_all, and the connection serves the next request."""
+    big = bytes(range(256)) * (64 * 1024)  # 16 MiB, more than any socket buffer here
+
+    async def huge(req: Request) -> Response:
+        return Response(200, [], big)
+
+    _, addr = await start(nursery, huge)
+    async with httpx.AsyncClient() as client:
+        for _ in range(2):
+            r = await client.get(url(addr, "/"))
+            assert r.status_code == 200 and r.content == big
+
+
 def test_server_header_is_validated() -> None:
     with pytest.raises(ValueError, match="server_header"):
         HTTPServer(echo, server_header="bad\r\nx: y")
