@@ -73,6 +73,8 @@ async def test_one_sender_keeps_its_order_when_some_wait_for_room(autojump_clock
     async with trio.open_nursery() as nursery:
         await nursery.start(pipeline.serve)
         nursery.start_soon(partial(pipeline.pump, channel, source="rec"))
+        while channel._take_now is None:  # the pump is attached once its recovery is done
+            await trio.sleep(0.01)
         for text in texts:
             await channel.deliver(message(text))
         channel.close_intake()
@@ -81,8 +83,8 @@ async def test_one_sender_keeps_its_order_when_some_wait_for_room(autojump_clock
                 await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert channel.replies == [f"echo:{text}" for text in texts]
-    # Both paths were used: some waited in the queue, the others went straight in.
-    assert 0 < channel.received < len(texts)
+    # Both paths were used: the first two went straight in, the third found no room.
+    assert 0 < channel.received <= len(texts) - 2
     assert channel._queued == 0
 
 
