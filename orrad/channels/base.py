@@ -153,12 +153,17 @@ class BaseChannel:
             done.set()
 
         inbound.on_recorded = on_recorded
+        await self.hand_over(inbound)
+        await done.wait()
+        return receipts[0]
+
+    async def hand_over(self, inbound: InboundMessage) -> None:
+        """:meth:`deliver`, raising :class:`~orrad.errors.ChannelClosed` when intake is
+        closed (the message was not taken)."""
         try:
             await self.deliver(inbound)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ChannelClosed from None
-        await done.wait()
-        return receipts[0]
 
     def close_intake(self) -> None:
         """No more messages: :meth:`receive` returns ``None`` once the queue is empty."""

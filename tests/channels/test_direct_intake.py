@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import trio
+import trio.testing
 
 from orrad import MemorySessionStore, Message, Namespace, Runtime
 from orrad.channels.base import BaseChannel, ChannelContext
@@ -41,18 +43,38 @@ class Recording(BaseChannel):
                          ChannelContext("rec", DaemonConfig()))
         self.replies: list[str] = []
         self.received = 0  # messages that went through receive() (no room at hand-over)
+        self.attached = trio.Event()  # the pump takes messages directly from now on
+        self.receiving = trio.Event()  # receive() waits for it (the test opens it)
+        self.receiving.set()
+        self._reply_arrived = trio.Event()
+
+    def take_directly(self, take_now: Callable[[InboundMessage], bool] | None) -> None:
+        super().take_directly(take_now)
+        if take_now is not None:
+            self.attached.set()
+
+    async def wait_for_replies(self, count: int) -> None:
+        with trio.fail_after(60):
+            while len(self.replies) < count:
+                await self._reply_arrived.wait()
 
     async def receive(self) -> InboundMessage | None:
+        await self.receiving.wait()
         inbound = await super().receive()
         if inbound is not None:
             self.received += 1
         return inbound
 
     async def send(self, response: OutboundMessage) -> None:
-        self.replies.append(response.message.content)
+        self._record(response.message.content)
 
     async def send_error(self, error: OutboundError) -> None:
-        self.replies.append(f"error:{error.error}")
+        self._record(f"error:{error.error}")
+
+    def _record(self, text: str) -> None:
+        self.replies.append(text)
+        self._reply_arrived.set()
+        self._reply_arrived = trio.Event()
 
 
 def message(text: str) -> InboundMessage:
@@ -73,14 +95,11 @@ async def test_one_sender_keeps_its_order_when_some_wait_for_room(autojump_clock
     async with trio.open_nursery() as nursery:
         await nursery.start(pipeline.serve)
         nursery.start_soon(partial(pipeline.pump, channel, source="rec"))
-        while channel._take_now is None:  # the pump is attached once its recovery is done
-            await trio.sleep(0.01)
+        await channel.attached.wait()  # the pump attaches once its recovery is done
         for text in texts:
             await channel.deliver(message(text))
         channel.close_intake()
-        with trio.fail_after(60):
-            while len(channel.replies) < len(texts):
-                await trio.sleep(0.1)
+        await channel.wait_for_replies(len(texts))
         nursery.cancel_scope.cancel()
     assert channel.replies == [f"echo:{text}" for text in texts]
     # Both paths were used: the first two went straight in, the third found no room.
@@ -90,8 +109,9 @@ async def test_one_sender_keeps_its_order_when_some_wait_for_room(autojump_clock
 
 async def test_messages_sent_during_the_recovery_queue_and_later_ones_follow_them(
         autojump_clock: Any) -> None:
-    """Before the pump has attached (its recovery), deliveries wait in the queue; the first
-    one taken directly afterwards does not overtake them."""
+    """Before the pump has attached (its recovery), a delivery waits in the queue; one
+    made after the pump attached, while the first is still there, queues behind it
+    instead of being taken directly."""
     channel, pipeline = Recording(), router(max_pending=100)
     async with trio.open_nursery() as nursery:
         await nursery.start(pipeline.serve)
@@ -100,13 +120,17 @@ async def test_messages_sent_during_the_recovery_queue_and_later_ones_follow_the
             for text in texts:
                 await channel.deliver(message(text))
 
-        nursery.start_soon(sender, ["a", "b", "c"])
-        await trio.sleep(1)  # the sender is blocked in the queue: nobody receives yet
-        assert channel.replies == [] and channel._queued == 1
+        nursery.start_soon(sender, ["a"])
+        await trio.testing.wait_all_tasks_blocked()  # "a" waits in the queue
+        assert channel._queued == 1
+        channel.receiving = trio.Event()  # the pump attaches, but does not receive yet
         nursery.start_soon(partial(pipeline.pump, channel, source="rec"))
-        with trio.fail_after(60):
-            while len(channel.replies) < 3:
-                await trio.sleep(0.1)
+        await channel.attached.wait()
+        nursery.start_soon(sender, ["b", "c"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert channel._queued == 2 and pipeline.pending == 0  # "b" queued behind "a"
+        channel.receiving.set()
+        await channel.wait_for_replies(3)
         nursery.cancel_scope.cancel()
     assert channel.replies == ["echo:a", "echo:b", "echo:c"]
 
@@ -123,7 +147,7 @@ async def test_after_close_intake_delivery_is_refused_and_the_pump_ends(
             pumped.set()
 
         nursery.start_soon(pump)
-        await trio.sleep(0.1)
+        await channel.attached.wait()
         await channel.deliver(message("last"))  # there is room: taken at once
         assert channel.received == 0
         channel.close_intake()

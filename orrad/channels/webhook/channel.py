@@ -44,7 +44,14 @@ from orrad.http import (
     ServerLimits,
     json_response,
 )
-from orrad.model import InboundMessage, Message, Namespace, OutboundError, OutboundMessage
+from orrad.model import (
+    InboundMessage,
+    Message,
+    Namespace,
+    OutboundError,
+    OutboundMessage,
+    Receipt,
+)
 
 __all__ = ["WebhookChannel"]
 
@@ -149,20 +156,16 @@ class WebhookChannel(BaseChannel):
         if owner:
             pending = self._pending[request_id] = Pending()
         try:
-            if owner:
-                assert pending is not None
-                return await self._answer_when_done(inbound, pending)
             try:
+                if owner:
+                    assert pending is not None
+                    return await self._answer_when_done(inbound, pending)
                 receipt = await self.accept(inbound)
             except ChannelClosed:
                 raise HTTPError(503, "unavailable", "the channel is shutting down") from None
-            if receipt.error is not None:
-                raise HTTPError(503, "unavailable",
-                                "the state store is unavailable; retry later") from None
-            if not receipt.new:
-                return self._repeat(request_id, receipt.reply, bool(body.callback_url))
-            if receipt.queued:
-                return json_response(202, {"id": request_id, "status": "queued"})
+            not_run = self._not_running(request_id, receipt, bool(body.callback_url))
+            if not_run is not None:
+                return not_run
             if body.callback_url:
                 return json_response(202, {"id": request_id, "status": "accepted"})
             # The same id is already waited for here: wait for the same answer.
@@ -179,24 +182,29 @@ class WebhookChannel(BaseChannel):
         the message will not run now (a repeat, a refusal, a queue), else the reply does.
         The reply timeout counts from the hand-over (recording takes milliseconds)."""
         inbound.on_recorded = pending.recorded
-        try:
-            await self.deliver(inbound)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise HTTPError(503, "unavailable", "the channel is shutting down") from None
+        await self.hand_over(inbound)
         answered = await self._waits.wait(pending)
         receipt = pending.receipt
         if receipt is None:  # not even recorded within the timeout; a retry will tell
             raise self._timed_out()
-        request_id = inbound.delivery_id or ""
-        if receipt.error is not None:
-            raise HTTPError(503, "unavailable", "the state store is unavailable; retry later")
-        if not receipt.new:
-            return self._repeat(request_id, receipt.reply, False)
-        if receipt.queued:
-            return json_response(202, {"id": request_id, "status": "queued"})
+        not_run = self._not_running(inbound.delivery_id or "", receipt, False)
+        if not_run is not None:
+            return not_run
         if not answered:
             raise self._timed_out()
         return json_response(pending.status, pending.body)
+
+    def _not_running(self, request_id: str, receipt: Receipt,
+                     asynchronous: bool) -> Response | None:
+        """The answer to a message the receipt says does not run now (refused: 503, a
+        repeat, queued for a peer); ``None`` when it runs."""
+        if receipt.error is not None:
+            raise HTTPError(503, "unavailable", "the state store is unavailable; retry later")
+        if not receipt.new:
+            return self._repeat(request_id, receipt.reply, asynchronous)
+        if receipt.queued:
+            return json_response(202, {"id": request_id, "status": "queued"})
+        return None
 
     def _timed_out(self) -> HTTPError:
         return HTTPError(504, "timeout", f"no reply within {self.cfg.reply_timeout_s:g}s; "
