@@ -57,11 +57,15 @@ class Namespace:
     compare and hash by their segments.
     """
 
-    __slots__ = ("_segments",)
+    # The key is kept, not joined on each use: the pipeline reads it several times for
+    # every message (lanes, locks, sessions, deliveries).
+    __slots__ = ("_key", "_segments")
     _segments: tuple[str, ...]
+    _key: str
 
     def __init__(self, root: str) -> None:
         self._segments = (_check_segment(root),)
+        self._key = root
 
     @classmethod
     def _from_segments(cls, segments: tuple[str, ...]) -> Namespace:
@@ -75,6 +79,7 @@ class Namespace:
             raise InvalidNamespace(f"namespace is longer than {MAX_KEY_LENGTH} characters")
         ns = object.__new__(cls)
         ns._segments = segments
+        ns._key = ":".join(segments)
         return ns
 
     @classmethod
@@ -95,7 +100,7 @@ class Namespace:
 
     @property
     def key(self) -> str:
-        return ":".join(self._segments)
+        return self._key
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -113,6 +118,7 @@ class Namespace:
             return None
         ns = object.__new__(Namespace)
         ns._segments = self._segments[:-1]
+        ns._key = ":".join(ns._segments)
         return ns
 
     def ancestors(self) -> Iterator[Namespace]:

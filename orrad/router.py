@@ -62,7 +62,7 @@ from orrad.model import (
 )
 from orrad.runtime.loop import RunResult, Runtime
 from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState
-from orrad.sync import acquire, held
+from orrad.sync import Changes, acquire, held
 
 __all__ = ["INTERRUPTED", "AgentSet", "Ownership", "Relayer", "Reply", "Router", "chosen_agent",
            "error_code"]
@@ -151,7 +151,7 @@ class _Source:
         self.target: ReplyTarget | None = None
         self.attached = trio.Event()
         self.in_flight = 0
-        self.changed = trio.Event()
+        self.changed = Changes()
         self.sends = trio.Semaphore(DELIVERY_CONCURRENCY)
 
     def attach(self, target: ReplyTarget) -> None:
@@ -276,7 +276,7 @@ class Router:
         self._settle_more = trio.Event()
         self._pending = 0
         self._parked = 0  # deliveries waiting for their channel to attach
-        self._settled_changed = trio.Event()
+        self._settled_changed = Changes()
         self._idle = trio.Event()
         self._idle.set()
         self._epoch: str | None = None
@@ -558,8 +558,7 @@ class Router:
             self._idle = trio.Event()
 
     def _changed(self) -> None:
-        self._settled_changed.set()
-        self._settled_changed = trio.Event()
+        self._settled_changed.changed()
 
     def _end(self, job: _Job) -> None:
         self._changed()
@@ -571,8 +570,7 @@ class Router:
                 ended.add(job.ledger_id)
         src = job.source
         src.in_flight -= 1
-        src.changed.set()
-        src.changed = trio.Event()
+        src.changed.changed()
         if self._pending == 0:
             self._idle.set()
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Acquirable", "acquire", "held"]
+__all__ = ["Acquirable", "Changes", "acquire", "held"]
 
 
 class Acquirable(Protocol):
@@ -52,3 +52,29 @@ class held:
     async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
                         traceback: TracebackType | None) -> None:
         self._resource.release()
+
+
+class Changes:
+    """A wake-up for tasks waiting until some state changes: :meth:`wait` returns after the
+    next :meth:`changed`.
+
+    Like replacing a set :class:`trio.Event` with a fresh one on every change, but the
+    event exists only while a task waits, so a change nobody waits for (on the pipeline,
+    nearly every one) costs an attribute test, not an event built and set.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+
+    def changed(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    async def wait(self) -> None:
+        """Return after the next :meth:`changed` (a checkpoint, like ``Event.wait``)."""
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()

@@ -1,4 +1,5 @@
-"""orrad.sync: free resources are taken without a scheduling round; busy ones are waited for."""
+"""orrad.sync: free resources are taken without a scheduling round; busy ones are waited for;
+:class:`Changes` wakes every task waiting at the time of a change, and only those."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from orrad.sync import acquire, held
+from orrad.sync import Changes, acquire, held
 
 
 async def test_a_free_lock_is_taken_without_yielding() -> None:
@@ -45,3 +46,27 @@ async def test_a_busy_limiter_is_waited_for_and_released_on_error() -> None:
         async with held(limiter):
             raise ValueError("boom")
     assert limiter.borrowed_tokens == 0
+
+
+async def test_changes_wake_the_tasks_waiting_then_and_no_later_waiter() -> None:
+    changes = Changes()
+    changes.changed()  # nobody waits: nothing is kept for a later waiter
+    woken: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await changes.wait()
+        woken.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter, "a")
+        nursery.start_soon(waiter, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == []
+        changes.changed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == ["a", "b"]
+        nursery.start_soon(waiter, "c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(woken) == ["a", "b"]  # "c" waits for the next change
+        changes.changed()
+    assert sorted(woken) == ["a", "b", "c"]

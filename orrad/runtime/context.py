@@ -159,14 +159,12 @@ class MessageCounter:
     the whole conversation again (real BPE runs at a few MB/s). Counts are kept in an LRU of
     ``max_entries``.
 
-    Cache key: a hash of exactly what the count depends on — the content, each tool call's
-    name and compact JSON arguments, and each result's content. Why not identity:
-
-    - ``Message`` is a mutable msgspec Struct without ``weakref=True``, so a weakref cache is
-      impossible, and an ``id()`` cache would go stale when a message is edited in place or
-      when its id is reused after garbage collection;
-    - sessions are decoded afresh from the store for every run, so identity would miss on
-      every turn, while equal content hits.
+    Two levels. First the very object (``Message`` is weak-referenceable: a count follows
+    the object's life, so a reused ``id()`` never hits): sessions stay in memory between
+    runs, so a long history is mostly objects counted before. Then a hash of exactly what
+    the count depends on — the content, each tool call's name and compact JSON arguments,
+    and each result's content (for a plain message, the hash of its text): a session
+    decoded afresh from the store, or a repeated text, hits there.
 
     The key is the 64-bit ``hash()`` of those fields (plus the content length) rather than
     the fields themselves, so the cache holds no strings: entries stay a few dozen bytes even
@@ -216,14 +214,21 @@ class MessageCounter:
         return lambda _ref: self._by_identity.pop(key, None) and None
 
     def _count_by_content(self, message: Message) -> int:
-        calls = tuple((call.name, _compact_json(call.arguments)) for call in message.tool_calls)
-        results = tuple(result.content for result in message.tool_results)
-        key = (hash((message.content, calls, results)), len(message.content))
+        content = message.content
+        calls: tuple[tuple[str, str], ...] = ()
+        results: tuple[str, ...] = ()
+        if message.tool_calls or message.tool_results:
+            calls = tuple((call.name, _compact_json(call.arguments))
+                          for call in message.tool_calls)
+            results = tuple(result.content for result in message.tool_results)
+            key = (hash((content, calls, results)), len(content))
+        else:  # most messages: the hash of the text itself (cached on the str)
+            key = (hash(content), len(content))
         cached = self._lookup(key)
         if cached is not None:
             return cached
         tok = self._tokenizer.count
-        total = tok(message.content) + MESSAGE_OVERHEAD
+        total = tok(content) + MESSAGE_OVERHEAD
         for name, arguments in calls:
             total += tok(name) + tok(arguments) + TOOL_CALL_OVERHEAD
         for content in results:
@@ -357,7 +362,10 @@ def fit(
     # kept even when it alone does not fit.
     oldest = bisect.bisect_left(starts, total - remaining, key=prefix.__getitem__)
     chosen = starts[min(oldest, len(starts) - 1)]
-    kept.extend(history[chosen:])
+    if kept:
+        kept.extend(history[chosen:])
+    else:
+        kept = history[chosen:]  # one copy of a long history, not two
     return Fitted(kept, system_tokens + total - prefix[chosen])
 
 

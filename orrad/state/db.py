@@ -243,8 +243,12 @@ class Database:
 
     async def _flush(self) -> None:
         self._flushing = True
-        batch, self._queue = self._queue, []
+        batch: list[_Op[Any]] = []
         try:
+            # One scheduling round first: every task that can run now adds its operation
+            # to this batch instead of waiting for the next commit.
+            await trio.lowlevel.checkpoint()
+            batch, self._queue = self._queue, []
             conn = self._conn
             if conn is None:
                 for op in batch:

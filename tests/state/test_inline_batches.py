@@ -127,3 +127,25 @@ async def test_a_write_lock_held_elsewhere_never_blocks_the_loop(tmp_path: Path)
         nursery.cancel_scope.cancel()
     assert keys(db, "w") == ["waited"]
     await db.close()
+
+
+async def test_operations_issued_in_one_scheduling_round_share_one_commit(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first caller lets every task that can run now add its operation before it takes
+    the queue: twenty writers started together make one batch (one COMMIT, one fsync),
+    not the first alone and the other nineteen after it."""
+    import orrad.state.db as db_module
+
+    commits: list[int] = []
+    real_commit = db_module._commit
+
+    def counting_commit(conn: sqlite3.Connection, batch: list[Any], path: str) -> None:
+        commits.append(len(batch))
+        real_commit(conn, batch, path)
+
+    monkeypatch.setattr(db_module, "_commit", counting_commit)
+    async with trio.open_nursery() as nursery:
+        for index in range(20):
+            nursery.start_soon(put_inline, db, "round", f"k{index:02d}")
+    assert commits == [20]
+    assert keys(db, "round") == [f"k{index:02d}" for index in range(20)]
