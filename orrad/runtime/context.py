@@ -231,8 +231,8 @@ class MessageCounter:
         total = tok(content) + MESSAGE_OVERHEAD
         for name, arguments in calls:
             total += tok(name) + tok(arguments) + TOOL_CALL_OVERHEAD
-        for content in results:
-            total += tok(content) + TOOL_RESULT_OVERHEAD
+        for result in results:
+            total += tok(result) + TOOL_RESULT_OVERHEAD
         self._store(key, total)
         return total
 

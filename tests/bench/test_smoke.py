@@ -1,5 +1,5 @@
-"""The benchmark scripts still run: history.py with tiny sizes prints its JSON (no timings
-are asserted; the benchmarks themselves are not part of the test run)."""
+"""The benchmark scripts still run: history.py and pipeline.py with tiny sizes print their
+JSON (no timings are asserted; the benchmarks themselves are not part of the test run)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def test_history_script_prints_its_figures() -> None:
     assert report["long"]["seeded_messages"] == 50
     assert report["long"]["messages_after"]["min"] > 50  # the load reached the seeded sessions
     assert report["short"]["errors"] == 0
+
+
+def test_pipeline_script_prints_its_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("pipeline.py")), "--messages", "64",
+         "--warmup", "16", "--concurrency", "8"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["messages"] == 64
+    for key in ("messages_per_s", "cpu_us_per_message", "loop_cpu_us_per_message"):
+        assert report[key] > 0, (key, report)
