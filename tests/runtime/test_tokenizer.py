@@ -231,4 +231,4 @@ def test_unwritable_cache_in_a_fresh_process(tmp_path: Path) -> None:
     assert "error: tokenizer 'cl100k_base': cannot use the tiktoken cache" in out
     assert "point TIKTOKEN_CACHE_DIR at a writable folder" in out
     assert "count: 2" in out
-    assert "cached: 1" in out
+    assert "cached: 2" in out  # tiktoken's copy of the file, and orrad's decoded ranks
