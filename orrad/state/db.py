@@ -1,7 +1,8 @@
 """One SQLite database per daemon: WAL, one writer, all work off the event loop.
 
 Operations are **group-committed**: every :meth:`Database.run` call joins a queue; one
-caller at a time takes the whole queue to a worker thread and runs it as one transaction,
+caller at a time takes the whole queue to the database's worker thread
+(:class:`~orrad.state.worker.WorkerThread`) and runs it as one transaction,
 each operation inside its own savepoint (so one failing operation rolls back alone), with a
 single ``COMMIT`` (and so a single fsync under ``synchronous=FULL``) for the batch. Under
 load, many messages share one thread hop and one fsync instead of paying for their own.
@@ -38,6 +39,7 @@ import msgspec
 import trio
 
 from orrad.errors import StoreCorrupt, StoreError
+from orrad.state.worker import WorkerThread
 from orrad.version import __version__
 
 __all__ = ["DB_FILENAME", "Database", "is_corruption", "store_error"]
@@ -129,6 +131,7 @@ class Database:
         self._queue: list[_Op[Any]] = []
         self._flushing = False
         self._batch_done = trio.Event()
+        self._worker = WorkerThread(f"orrad-db:{os.path.basename(path)}")
 
     @classmethod
     def in_state_dir(cls, state_dir: str, *, read_only: bool = False) -> Database:
@@ -220,6 +223,7 @@ class Database:
             await self._batch_done.wait()
         if self._conn is not None:
             conn, self._conn = self._conn, None
+            self._worker.stop()
             await trio.to_thread.run_sync(conn.close)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
@@ -255,9 +259,9 @@ class Database:
                     op.fail(StoreError("state database is not open"))
                 return
             if all(op.inline for op in batch):
-                await _run_batch_inline(conn, batch, self.path)
+                await _run_batch_inline(conn, batch, self.path, self._worker)
             else:
-                await trio.to_thread.run_sync(_run_batch, conn, batch, self.path)
+                await self._worker.run_sync(_run_batch, conn, batch, self.path)
         finally:
             # Operations a cancellation kept from running go back to the front of the queue
             # for the next flusher.
@@ -277,6 +281,7 @@ class Database:
             raise store_error(exc, self.path) from exc
 
     def close_sync(self) -> None:
+        self._worker.stop()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -387,13 +392,13 @@ def _attempt_batch(conn: sqlite3.Connection, batch: list[_Op[Any]],
 
 
 async def _run_batch_inline(conn: sqlite3.Connection, batch: list[_Op[Any]],
-                            path: str) -> None:
+                            path: str, worker: WorkerThread) -> None:
     """:func:`_run_batch` with the statements on the event loop's thread and the COMMIT in
     a worker; a write lock held elsewhere sends the batch to the worker instead."""
     while batch:
         try:
             if not _begin_without_waiting(conn):
-                await trio.to_thread.run_sync(_run_batch, conn, batch, path)
+                await worker.run_sync(_run_batch, conn, batch, path)
                 return
             rest = _execute(conn, batch, path)
         except sqlite3.Error as exc:
@@ -403,7 +408,7 @@ async def _run_batch_inline(conn: sqlite3.Connection, batch: list[_Op[Any]],
             # Shielded: a transaction left open would refuse the next batch's BEGIN (the
             # commit itself is bounded: the WAL write and its fsync).
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_commit, conn, batch, path)
+                await worker.run_sync(_commit, conn, batch, path)
             return
         batch = rest
 
