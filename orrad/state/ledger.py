@@ -1,14 +1,15 @@
 """The ledger: every message the daemon accepted, from intake to confirmed delivery.
 
-One row per message, keyed by ``(source, delivery_id)`` — the channel (or ``api``, or a
+One row per message, found by ``(source, delivery_id)`` — the channel (or ``api``, or a
 federation origin) and the id the sender gave it. A row is committed (``synchronous=FULL``)
 before the sender is told the message was accepted, so a repeated delivery id never runs
 the agent twice, even across a restart, and what was accepted but not answered when the
 process died is found again. The row's integer ``id`` is the message's *ledger id*: its run
 tags the session entries it writes with it, so a re-run never appends a second copy. Ids
-only grow (the next one follows the largest ever stored); rows are keyed, and updated, by
-``(source, delivery_id)`` alone, so a message costs one B-tree for the table and none for
-its id.
+only grow (the next one follows the largest ever stored), and rows are stored in id order
+(schema 4): a message's row, its later updates and its entries in the other indexes land
+on the last pages, which every batch writes anyway; only the unique index on ``(source,
+delivery_id)`` takes one page of its own per message.
 
 States move ``received -> answered -> delivered``; ``failed`` when the answer was refused
 for good. ``answered`` rows hold the reply, so it is delivered again (the same reply) until
