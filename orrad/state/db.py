@@ -39,6 +39,7 @@ import msgspec
 import trio
 
 from orrad.errors import StoreCorrupt, StoreError
+from orrad.state.checkpoints import BACKSTOP_FRAMES, Checkpointer
 from orrad.state.worker import WorkerThread
 from orrad.version import __version__
 
@@ -158,6 +159,7 @@ class Database:
         self._flushing = False
         self._batch_done = trio.Event()
         self._worker = WorkerThread(f"orrad-db:{os.path.basename(path)}")
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     def in_state_dir(cls, state_dir: str, *, read_only: bool = False) -> Database:
@@ -165,6 +167,12 @@ class Database:
 
     async def open(self) -> None:
         await trio.to_thread.run_sync(self._open_sync)
+        if not self.read_only and self._conn is not None:
+            # Checkpoints beside the writer (orrad/state/checkpoints.py); SQLite's own
+            # automatic one stays as the backstop.
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_FRAMES}")
+            self._checkpointer = Checkpointer(self.path)
+            self._checkpointer.start()
 
     def _open_sync(self) -> None:
         try:
@@ -250,7 +258,14 @@ class Database:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self._worker.stop()
+            self._stop_checkpointer()
             await trio.to_thread.run_sync(conn.close)
+
+    def _stop_checkpointer(self) -> None:
+        # Before the writer closes: its close checkpoints what is left and removes the WAL.
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
         """Run ``fn(connection)`` in a worker thread, inside the batch's transaction.
@@ -288,6 +303,8 @@ class Database:
                 await _run_batch_inline(conn, batch, self.path, self._worker)
             else:
                 await self._worker.run_sync(_run_batch, conn, batch, self.path)
+            if self._checkpointer is not None:
+                self._checkpointer.poke()
         finally:
             # Operations a cancellation kept from running go back to the front of the queue
             # for the next flusher.
@@ -308,6 +325,7 @@ class Database:
 
     def close_sync(self) -> None:
         self._worker.stop()
+        self._stop_checkpointer()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

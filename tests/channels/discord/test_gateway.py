@@ -133,6 +133,11 @@ async def test_op7_instead_of_hello(tmp_path: Path) -> None:
 
 async def test_zombie_connection_is_detected_while_dispatches_flow(tmp_path: Path) -> None:
     async with fake_discord() as fake, open_db(tmp_path) as db:
+        # We notice the missing ACK one interval after the unanswered beat; the fake's own
+        # heartbeat timeout must not come first. At its default (1.5 intervals) only 50 ms
+        # separated the two, which a busy 2-core machine sometimes lost (the fake closed
+        # first, with its 4000 "heartbeat timeout"), in full-suite runs only.
+        fake.heartbeat_timeout_factor = 3.0
         async with run_bot(fake, db) as bot:
             await until(fake, lambda: fake.heartbeat_count >= 1)
             fake.ack_heartbeats = False
