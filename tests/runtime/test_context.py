@@ -7,6 +7,7 @@ message, cached counts, counted tool schemas and UTF-8-safe truncation.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -195,6 +196,23 @@ def test_same_object_is_counted_once_and_forgotten_when_gone() -> None:
     assert len(c._by_identity) == 0
     fresh = Message.user("a much longer message now")
     assert c.count(fresh) == 7 + 4
+
+
+def test_a_counted_message_adds_one_object_for_the_collector() -> None:
+    """Counts live as long as their messages (sessions stay in memory), and every young
+    collection walks what was created since the last: one object per message, not five."""
+    c = MessageCounter(CountingTokenizer())
+    messages = [Message.user(f"message {i}") for i in range(1000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for message in messages:
+        c.count(message)
+    gc.collect()  # tuples of plain values stop being tracked: what stays is what costs
+    assert len(gc.get_objects()) - before <= 1100
+    assert c.count(messages[0]) == 3 + 4  # still known: ceil(9 bytes / 4) and the overhead
+    assert c.hits == 0  # ... by identity, without even a content lookup
+    del messages, message
+    assert len(c._by_identity) == 0
 
 
 def test_cache_is_bounded() -> None:
