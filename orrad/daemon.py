@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from orrad.agents import build_agents
 from orrad.api import build_api_router
 from orrad.channels.base import ChannelContext
+from orrad.channels.outbound import OnDemandClient
 from orrad.channels.registry import ChannelRegistry, default_registry
 from orrad.config import (
     ChannelConfig,
@@ -123,19 +124,20 @@ def _tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _channel_http_client() -> httpx.AsyncClient:
-    """The client channels share for their own requests (webhook callbacks).
+def _channel_http_client() -> OnDemandClient:
+    """The client channels share for their own requests (webhook callbacks), made on first
+    use.
 
     The webhook's callback guard connects to addresses it has checked itself, so no proxy
     from the environment may stand in between (``trust_env=False``), and receivers must
     not be able to plant cookies that the client would then send to other receivers.
     """
-    return httpx.AsyncClient(
+    return OnDemandClient(lambda: httpx.AsyncClient(
         timeout=httpx.Timeout(CHANNEL_HTTP_TIMEOUT_S),
         limits=httpx.Limits(max_connections=64),
         trust_env=False,
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-    )
+    ))
 
 
 class Daemon:
@@ -174,7 +176,7 @@ class Daemon:
         # One lock per namespace for every agent, across reloads (runs and session deletes).
         self.locks = NamespaceLocks()
         self._client: HTTPClient | None = None
-        self._channel_client: httpx.AsyncClient | None = None
+        self._channel_client: OnDemandClient | None = None
         self.federation: Federation | None = None
         self._reload_lock = trio.Lock()
         self._load_limiter = trio.CapacityLimiter(CONFIG_LOAD_THREADS)

@@ -22,8 +22,7 @@ from orrad.metrics import Metrics
 from orrad.model import InboundMessage, OutboundError, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
-    import httpx
-
+    from orrad.channels.outbound import OnDemandClient
     from orrad.config import ChannelConfig, DaemonConfig
     from orrad.state.db import Database
 
@@ -74,9 +73,10 @@ class ChannelContext:
     file: str | None = None  # the channel file, for messages that tell the operator what to fix
     # The agents the daemon runs now (after the latest reload), by name.
     agents: Callable[[], Sequence[str]] | None = field(default=None, repr=False)
-    # An HTTP client owned by the daemon, for requests that may outlive a generation
-    # (webhook callbacks delivered while the channel restarts or the daemon drains).
-    http: httpx.AsyncClient | None = field(default=None, repr=False)
+    # An HTTP client owned by the daemon (made on first use), for requests that may
+    # outlive a generation (webhook callbacks delivered while the channel restarts or the
+    # daemon drains).
+    http: OnDemandClient | None = field(default=None, repr=False)
     # Whether the daemon goes on running once this channel has finished (another channel
     # can still receive); ``None`` when the daemon does not say.
     keeps_running: Callable[[], bool] | None = field(default=None, repr=False)

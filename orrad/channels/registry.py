@@ -3,18 +3,30 @@
 A kind is a channel class with two class attributes: ``kind`` (the name used in
 ``kind:``) and ``config_type`` (its msgspec config Struct, a ``ChannelConfig`` subclass),
 constructed as ``cls(config, context)``.
+
+The built-in kinds are registered by name and config type, and their modules imported when
+the first channel of the kind is made: the Discord kind alone brings in trio-websocket and
+wsproto, ~90 ms of every start, also of daemons without a Discord channel.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Protocol
 
 from orrad.channels.base import Channel, ChannelContext
-from orrad.config import ChannelConfig
+from orrad.config import (
+    ChannelConfig,
+    DiscordChannelConfig,
+    StdinChannelConfig,
+    WebhookChannelConfig,
+)
 
-__all__ = ["CHANNEL_ENTRY_POINT_GROUP", "ChannelKind", "ChannelRegistry", "default_registry"]
+__all__ = ["BUILTIN_KINDS", "CHANNEL_ENTRY_POINT_GROUP", "BuiltinKind", "ChannelKind",
+           "ChannelRegistry", "default_registry"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +38,31 @@ class ChannelKind(Protocol):
     config_type: type[ChannelConfig]
 
     def __call__(self, config: ChannelConfig, context: ChannelContext) -> Channel: ...
+
+
+@dataclass(slots=True)
+class BuiltinKind:
+    """A kind whose class ``module.name`` is imported when its first channel is made."""
+
+    kind: str
+    config_type: type[ChannelConfig]
+    module: str
+    name: str
+
+    def load(self) -> ChannelKind:
+        """The channel class (imported now if it was not yet)."""
+        cls: ChannelKind = getattr(importlib.import_module(self.module), self.name)
+        return cls
+
+    def __call__(self, config: ChannelConfig, context: ChannelContext) -> Channel:
+        return self.load()(config, context)
+
+
+BUILTIN_KINDS = (
+    BuiltinKind("stdin", StdinChannelConfig, "orrad.channels.stdin", "StdinChannel"),
+    BuiltinKind("webhook", WebhookChannelConfig, "orrad.channels.webhook", "WebhookChannel"),
+    BuiltinKind("discord", DiscordChannelConfig, "orrad.channels.discord", "DiscordChannel"),
+)
 
 
 class ChannelRegistry:
@@ -57,13 +94,9 @@ class ChannelRegistry:
 
 
 def default_registry() -> ChannelRegistry:
-    from orrad.channels.discord import DiscordChannel
-    from orrad.channels.stdin import StdinChannel
-    from orrad.channels.webhook import WebhookChannel
-
+    """The built-in kinds (imported on first use) and the installed plugins' kinds."""
     registry = ChannelRegistry()
-    registry.register(StdinChannel)
-    registry.register(WebhookChannel)
-    registry.register(DiscordChannel)
+    for kind in BUILTIN_KINDS:
+        registry.register(kind)
     registry.load_plugins()
     return registry

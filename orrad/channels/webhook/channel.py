@@ -27,6 +27,7 @@ import trio
 
 from orrad import safejson
 from orrad.channels.base import BaseChannel, ChannelContext
+from orrad.channels.outbound import OnDemandClient
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.callbacks import CallbackGuard, post_callback
 from orrad.channels.webhook.policy import CallbackPolicy
@@ -90,7 +91,7 @@ class WebhookChannel(BaseChannel):
         self._pending: dict[str, Pending] = {}
         self._waits = ReplyWaits(config.reply_timeout_s)
         self._server: HTTPServer | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: OnDemandClient | None = None
         self.address: tuple[str, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -106,7 +107,8 @@ class WebhookChannel(BaseChannel):
             # Callbacks may be sent after this generation ends (the pipeline delivers to
             # the live generation, and drains at shutdown): prefer the daemon's client.
             client = self.context.http or await stack.enter_async_context(
-                httpx.AsyncClient(timeout=httpx.Timeout(CALLBACK_TIMEOUT_S)))
+                OnDemandClient(lambda: httpx.AsyncClient(
+                    timeout=httpx.Timeout(CALLBACK_TIMEOUT_S))))
             self._client = client
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self._waits.run)
@@ -304,5 +306,5 @@ class WebhookChannel(BaseChannel):
             return
         if self._client is None:
             raise ChannelSendError("the channel is not serving", retryable=True)
-        await post_callback(self._client, self.auth, self.name, request_id, url, body,
+        await post_callback(self._client.get(), self.auth, self.name, request_id, url, body,
                             self.callback_guard, metrics=self.context.metrics)
