@@ -100,11 +100,16 @@ async def test_relay_is_signed_and_answered(
 
 
 async def test_5xx_is_retried_with_the_same_txn_id_and_fresh_nonces(
-    nursery: trio.Nursery, http: Transports
+    nursery: trio.Nursery, http: Transports, caplog: pytest.LogCaptureFixture
 ) -> None:
     peer = ScriptedPeer(script=[(503, "unavailable"), (500, "internal")])
     client = client_for(http, await peer.start(nursery))
-    response = await client.relay("beta", relay_request("txn-7"))
+    with caplog.at_level(logging.WARNING, logger="orrad.federation.client"):
+        response = await client.relay("beta", relay_request("txn-7"))
+    # The first attempt runs outside tenacity; its failure is still attempt 1 of 4.
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert [m.split(" failed")[0] for m in retries] == \
+        ["peer beta: relay txn-7 attempt 1/4", "peer beta: relay txn-7 attempt 2/4"]
     assert response.txn_id == "txn-7"
     assert [s.txn_id for s in peer.relays()] == ["txn-7"] * 3
     assert len({s.nonce for s in peer.relays()}) == 3  # never refused as "replayed"
