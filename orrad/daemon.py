@@ -27,9 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from contextlib import AbstractAsyncContextManager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import msgspec
 import trio
 from prometheus_client.core import Metric
@@ -68,7 +67,6 @@ from orrad.metrics import (
     peer_up_family,
 )
 from orrad.model import InboundMessage, Namespace
-from orrad.peering import Federation
 from orrad.router import Discard, Router
 from orrad.runtime.loop import NamespaceLocks
 from orrad.runtime.providers.http import HTTPClient, make_http_client
@@ -78,6 +76,11 @@ from orrad.state.address import clear_api_address, record_api_address
 from orrad.supervisor import ChannelManager, ChannelState, ChannelStatus, FileResult
 from orrad.systemd import Notifier
 from orrad.version import __version__
+
+if TYPE_CHECKING:
+    import httpx
+
+    from orrad.peering import Federation
 
 __all__ = ["Daemon", "run_daemon"]
 
@@ -132,12 +135,17 @@ def _channel_http_client() -> OnDemandClient:
     from the environment may stand in between (``trust_env=False``), and receivers must
     not be able to plant cookies that the client would then send to other receivers.
     """
-    return OnDemandClient(lambda: httpx.AsyncClient(
-        timeout=httpx.Timeout(CHANNEL_HTTP_TIMEOUT_S),
-        limits=httpx.Limits(max_connections=64),
-        trust_env=False,
-        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-    ))
+    def build() -> httpx.AsyncClient:
+        import httpx  # on first use: importing it is a tenth of a start
+
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(CHANNEL_HTTP_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=64),
+            trust_env=False,
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        )
+
+    return OnDemandClient(build)
 
 
 class Daemon:
@@ -488,6 +496,9 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             federation: Federation | None = None
             if self.config.federation is not None:
+                # Imported only here: federation brings httpx and its models in.
+                from orrad.peering import Federation
+
                 http = await stack.enter_async_context(Federation.http_client())
                 relays = await stack.enter_async_context(Federation.relay_client())
                 federation = self.federation = Federation(

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import httpx
 import trio
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["OnDemandClient"]
 

@@ -21,9 +21,8 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 import trio
 from tenacity import (
@@ -32,6 +31,9 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+
+if TYPE_CHECKING:
+    import httpx  # imported where it is used: most daemons never send a callback
 
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.policy import CallbackPolicy, IPAddress, parse_ip
@@ -139,6 +141,8 @@ class CallbackGuard:
 def shown_url(url: str) -> str:
     """``url`` as it may be logged: scheme, host and port only (a path or query may hold
     a token, and userinfo a password)."""
+    import httpx
+
     try:
         parsed = httpx.URL(url)
         return f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
@@ -177,6 +181,8 @@ async def post_callback(client: httpx.AsyncClient, auth: WebhookAuth, channel: s
 async def _attempt(client: httpx.AsyncClient, auth: WebhookAuth, guard: CallbackGuard,
                    channel: str, request_id: str, url: str, payload: bytes,
                    attempt: int) -> None:
+    import httpx
+
     # The intake rules again: the URL may have been stored before they existed, or before
     # a reload changed callback_allow.
     problem = guard.policy.url_problem(url)
@@ -195,6 +201,8 @@ async def _attempt(client: httpx.AsyncClient, auth: WebhookAuth, guard: Callback
 async def _post(client: httpx.AsyncClient, auth: WebhookAuth, guard: CallbackGuard,
                 channel: str, request_id: str, url: httpx.URL, payload: bytes,
                 attempt: int) -> None:
+    import httpx
+
     host = url.raw_host.decode("ascii")
     port = url.port or (443 if url.scheme == "https" else 80)
     addresses = await guard.addresses(host, port)
@@ -234,6 +242,8 @@ async def _read_some(response: httpx.Response) -> None:
     """Read the answer's body up to :data:`MAX_RESPONSE_BYTES` (nothing of it is used; a
     longer one is cut off and its connection closed). The status has decided already: a
     body that breaks off only costs the connection."""
+    import httpx
+
     if response.is_stream_consumed:
         return
     read = 0

@@ -19,9 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import httpx
 import msgspec
 import trio
 
@@ -53,6 +52,9 @@ from orrad.model import (
     OutboundMessage,
     Receipt,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["WebhookChannel"]
 
@@ -107,8 +109,7 @@ class WebhookChannel(BaseChannel):
             # Callbacks may be sent after this generation ends (the pipeline delivers to
             # the live generation, and drains at shutdown): prefer the daemon's client.
             client = self.context.http or await stack.enter_async_context(
-                OnDemandClient(lambda: httpx.AsyncClient(
-                    timeout=httpx.Timeout(CALLBACK_TIMEOUT_S))))
+                OnDemandClient(_callback_client))
             self._client = client
             nursery = await stack.enter_async_context(trio.open_nursery())
             await nursery.start(self._waits.run)
@@ -308,3 +309,10 @@ class WebhookChannel(BaseChannel):
             raise ChannelSendError("the channel is not serving", retryable=True)
         await post_callback(self._client.get(), self.auth, self.name, request_id, url, body,
                             self.callback_guard, metrics=self.context.metrics)
+
+
+def _callback_client() -> httpx.AsyncClient:
+    """A client of the channel's own, when the daemon gave it none (tests, embedders)."""
+    import httpx  # on first use: most daemons never send a callback
+
+    return httpx.AsyncClient(timeout=httpx.Timeout(CALLBACK_TIMEOUT_S))

@@ -34,8 +34,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
-
 __all__ = ["CallbackPolicy", "IPAddress", "parse_ip", "parse_ipv4_loose", "refusal"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -208,6 +206,8 @@ class CallbackPolicy:
     def url_problem(self, raw: str) -> str | None:
         """Why ``raw`` cannot be a ``callback_url``, judged without DNS (a literal host in
         full, a name only by ``callback_allow``), or ``None``."""
+        import httpx  # here, not at the top: most daemons never see a callback_url
+
         try:
             url = httpx.URL(raw)
         except httpx.InvalidURL:

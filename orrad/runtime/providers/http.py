@@ -12,30 +12,30 @@ h11 exception. Status codes are not judged here; that is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias, Union
 
-import httpx
 import trio
 
 from orrad.errors import ProviderError, ProviderUnavailable
-from orrad.runtime.providers.pool import ProviderClient
+from orrad.runtime.providers.pool import CONNECT_TIMEOUT_S, ProviderClient
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "HTTPClient",
     "RawResponse",
-    "StackedPoolTransport",
     "make_http_client",
     "make_httpx_client",
     "post",
 ]
 
-HTTPClient = ProviderClient | httpx.AsyncClient
+# httpx is named, not imported: a daemon that only uses its own client never imports it.
+HTTPClient: TypeAlias = Union[ProviderClient, "httpx.AsyncClient"]
 """What providers accept: the daemon's lean client, or any httpx client."""
 
-CONNECT_TIMEOUT_S = 10.0
-DEFAULT_TIMEOUT_S = 120.0
-KEEPALIVE_EXPIRY_S = 30.0
 
 
 def make_http_client(max_connections: int) -> ProviderClient:
@@ -57,86 +57,13 @@ def make_http_client(max_connections: int) -> ProviderClient:
 
 
 def make_httpx_client(max_connections: int) -> httpx.AsyncClient:
-    """An :class:`httpx.AsyncClient` over a :class:`StackedPoolTransport`, for embedders that
+    """An :class:`httpx.AsyncClient` over a
+    :class:`~orrad.runtime.providers.httpx_pool.StackedPoolTransport`, for embedders that
     want httpx (proxies from their own transport, event hooks); same limits as
     :func:`make_http_client`."""
-    if max_connections < 1:
-        raise ValueError("max_connections must be at least 1")
-    return httpx.AsyncClient(
-        transport=StackedPoolTransport(max_connections),
-        timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        follow_redirects=False,
-        headers={"user-agent": "orrad"},
-    )
+    from orrad.runtime.providers.httpx_pool import make_httpx_client as make
 
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives its pool back when it is done (closed)."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-class StackedPoolTransport(httpx.AsyncBaseTransport):
-    """One single-connection pool per request in flight, reused last-in first-out.
-
-    httpcore's pool looks at every one of its connections (and every queued request) each
-    time it assigns or releases one, so a single pool of 256 connections spent most of the
-    daemon's CPU under a 256-way load just choosing a connection (measured: 85 % of the
-    event loop's time with pools of 32). Here choosing is a list pop: each request takes an
-    idle single-connection pool (the most recently used, so its connection is warm) or
-    makes a new one, and gives it back when its response is closed. At most
-    ``max_connections`` requests are in flight; more wait for a pool to come back.
-    """
-
-    def __init__(self, max_connections: int) -> None:
-        self._slots = trio.Semaphore(max_connections)
-        # One TLS context for every pool: building one loads the CA bundle (~17 ms each).
-        self._tls = httpx.create_ssl_context()
-        self._idle: list[httpx.AsyncHTTPTransport] = []
-        self._every: list[httpx.AsyncHTTPTransport] = []
-
-    def _take(self) -> httpx.AsyncHTTPTransport:
-        if self._idle:
-            return self._idle.pop()
-        pool = httpx.AsyncHTTPTransport(verify=self._tls, limits=httpx.Limits(
-            max_connections=1, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_EXPIRY_S))
-        self._every.append(pool)
-        return pool
-
-    def _give_back(self, pool: httpx.AsyncHTTPTransport) -> None:
-        self._idle.append(pool)
-        self._slots.release()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._slots.acquire()
-        pool = self._take()
-        try:
-            response = await pool.handle_async_request(request)
-        except BaseException:
-            self._give_back(pool)
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _ReleasingStream(response.stream, lambda: self._give_back(pool))
-        return response
-
-    async def aclose(self) -> None:
-        pools, self._every, self._idle = self._every, [], []
-        for pool in pools:
-            await pool.aclose()
+    return make(max_connections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +96,8 @@ async def post(
     if isinstance(client, ProviderClient):
         answer = await client.post(url, headers=headers, body=body, timeout_s=timeout_s)
         return RawResponse(answer.status, answer.headers, answer.body)
+    import httpx  # loaded already: the client is one of its
+
     try:
         with trio.fail_after(timeout_s):
             response = await client.post(

@@ -18,7 +18,11 @@ from orrad.http.client import (
     RequestFailed,
 )
 
-__all__ = ["KEEPALIVE_EXPIRY_S", "MAX_BODY_BYTES", "Answer", "ProviderClient"]
+__all__ = ["CONNECT_TIMEOUT_S", "DEFAULT_TIMEOUT_S", "KEEPALIVE_EXPIRY_S", "MAX_BODY_BYTES",
+           "Answer", "ProviderClient"]
+
+CONNECT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 120.0
 
 
 class ProviderClient(PooledClient):
