@@ -229,3 +229,39 @@ async def test_interim_answers_bodies_until_close_and_header_checks() -> None:
             assert "x-injected" not in str(refused.value)  # a value (a key?) is never shown
             assert len(requests) == 3  # the refused one never left
         nursery.cancel_scope.cancel()
+
+
+async def test_large_bodies_both_ways_arrive_whole() -> None:
+    """A request larger than the socket's send buffer is written partly at once and the
+    rest as the socket takes it; an answer larger than one read comes in many."""
+    request_body = bytes(range(256)) * (32 * 1024)  # 8 MiB
+    answer_body = b"a" * (2 * 1024 * 1024 + 17)
+    received: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        received.append(bytes(body))
+        out = conn.send(h11.Response(status_code=200, headers=[
+            ("content-length", str(len(answer_body)))])) or b""
+        out += (conn.send(h11.Data(data=answer_body)) or b"") + (
+            conn.send(h11.EndOfMessage()) or b"")
+        await stream.send_all(out)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with make_http_client(4) as client:
+            response = await post(client, f"http://127.0.0.1:{port}/big", headers={},
+                                  body=request_body, timeout_s=30)
+        nursery.cancel_scope.cancel()
+    assert response.status == 200 and response.body == answer_body
+    assert received == [request_body]
