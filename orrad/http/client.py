@@ -196,15 +196,16 @@ class PooledClient:
             InvalidRequest: an invalid or unsupported URL, a header that cannot be sent.
         """
         origin, target = _origin(url)
-        try:
-            with trio.fail_after(timeout_s):
-                await acquire(self._slots)
-                try:
-                    return await self._exchange(origin, target, headers, body)
-                finally:
-                    self._slots.release()
-        except trio.TooSlowError:
-            raise RequestFailed(f"request timed out after {timeout_s:g}s", timed_out=True) from None
+        # A bare cancel scope, not trio.fail_after: one call per message, and fail_after's
+        # generator-based context manager is a good part of a call's bookkeeping.
+        with trio.CancelScope(deadline=trio.current_time() + timeout_s) as deadline:
+            await acquire(self._slots)
+            try:
+                return await self._exchange(origin, target, headers, body)
+            finally:
+                self._slots.release()
+        assert deadline.cancelled_caught
+        raise RequestFailed(f"request timed out after {timeout_s:g}s", timed_out=True)
 
     async def _exchange(self, origin: Origin, target: str, headers: dict[str, str],
                         body: bytes) -> Answer:
