@@ -44,6 +44,7 @@ __all__ = ["KEEPALIVE_EXPIRY_S", "MAX_BODY_BYTES", "Answer", "InvalidRequest", "
 KEEPALIVE_EXPIRY_S = 30.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 READ_SIZE = 65536
+MAX_KNOWN_URLS = 256
 # Written by the client itself; the same names among a caller's headers are left out.
 _OWN_HEADERS = frozenset({"host", "content-length", "user-agent", "transfer-encoding",
                           "connection"})
@@ -172,6 +173,8 @@ class PooledClient:
         self._user_agent = user_agent
         self._tls: ssl.SSLContext | None = None
         self._lines = LineCache(field_line, 256)  # a caller sends the same few headers
+        # Callers post to the same few URLs; splitting one costs more than the request line.
+        self._targets: dict[str, tuple[Origin, str]] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -195,7 +198,13 @@ class PooledClient:
             RequestFailed: timed out, refused, reset, or a broken response.
             InvalidRequest: an invalid or unsupported URL, a header that cannot be sent.
         """
-        origin, target = _origin(url)
+        known = self._targets.get(url)
+        if known is None:
+            known = _origin(url)  # raises for a URL that cannot be used: never kept
+            if len(self._targets) >= MAX_KNOWN_URLS:
+                self._targets.clear()
+            self._targets[url] = known
+        origin, target = known
         # A bare cancel scope, not trio.fail_after: one call per message, and fail_after's
         # generator-based context manager is a good part of a call's bookkeeping.
         with trio.CancelScope(deadline=trio.current_time() + timeout_s) as deadline:
