@@ -32,13 +32,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-if TYPE_CHECKING:
-    import httpx  # imported where it is used: most daemons never send a callback
-
 from orrad.channels.webhook.auth import WebhookAuth
 from orrad.channels.webhook.policy import CallbackPolicy, IPAddress, parse_ip
 from orrad.errors import ChannelSendError, OrradError
 from orrad.metrics import Metrics
+
+if TYPE_CHECKING:
+    import httpx  # imported where it is used: most daemons never send a callback
 
 __all__ = ["MAX_ATTEMPTS", "CallbackGuard", "CallbackRefused", "Resolver", "post_callback",
            "shown_url", "system_resolver"]

@@ -37,7 +37,6 @@ HTTPClient: TypeAlias = Union[ProviderClient, "httpx.AsyncClient"]
 """What providers accept: the daemon's lean client, or any httpx client."""
 
 
-
 def make_http_client(max_connections: int) -> ProviderClient:
     """Create the client every provider shares.
 
