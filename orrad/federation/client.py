@@ -77,6 +77,7 @@ from orrad.federation.wire import (
     encode,
 )
 from orrad.http.client import Answer, InvalidRequest, PooledClient, RequestFailed
+from orrad.retrying import attempt_then_retry
 from orrad.version import __version__
 
 __all__ = [
@@ -345,33 +346,21 @@ class PeerClient:
         def retryable(exc: BaseException) -> bool:
             return isinstance(exc, PeerError) and exc.retryable
 
-        # The first attempt runs outside tenacity (building and driving a retry object
-        # costs ~70 µs of the loop per call, as much as signing, encoding and the breaker
-        # together); only a failure worth retrying enters it, replayed as its first
-        # attempt, so numbering, logging and backoff are those of a retried call.
-        try:
-            return await attempt()
-        except PeerError as exc:
-            if settings.attempts <= 1 or not retryable(exc):
-                raise
-            first_failure: list[PeerError] = [exc]
+        def retrying() -> AsyncRetrying:
+            return AsyncRetrying(
+                sleep=trio.sleep,
+                stop=stop_after_attempt(max(1, settings.attempts)),
+                wait=wait_random_exponential(multiplier=settings.backoff_base_s,
+                                             max=settings.backoff_max_s),
+                retry=retry_if_exception(retryable),
+                before_sleep=lambda retry_state: self._log_retry(state.peer.name, what,
+                                                                 retry_state),
+                reraise=True,
+            )
 
-        async def replay_then_attempt() -> T:
-            if first_failure:
-                raise first_failure.pop()
-            return await attempt()
-
-        retrying = AsyncRetrying(
-            sleep=trio.sleep,
-            stop=stop_after_attempt(max(1, settings.attempts)),
-            wait=wait_random_exponential(multiplier=settings.backoff_base_s,
-                                         max=settings.backoff_max_s),
-            retry=retry_if_exception(retryable),
-            before_sleep=lambda retry_state: self._log_retry(state.peer.name, what, retry_state),
-            reraise=True,
-        )
-        result: T = await retrying(replay_then_attempt)
-        return result
+        return await attempt_then_retry(
+            attempt, retrying=retrying,
+            retryable=lambda exc: settings.attempts > 1 and retryable(exc))
 
     async def _exchange(
         self, state: _PeerState, method: str, path: str, tp: type[T], body: bytes,

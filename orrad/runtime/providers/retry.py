@@ -42,6 +42,7 @@ from orrad.errors import (
     ProviderRateLimited,
     ProviderUnavailable,
 )
+from orrad.retrying import attempt_then_retry
 from orrad.runtime.providers.http import HTTPClient, post
 
 __all__ = [
@@ -187,31 +188,19 @@ async def post_json(
             response.status, detail, retry_after_s=parse_retry_after(response.headers)
         )
 
-    # The first attempt runs outside tenacity (building and driving a retry object cost as
-    # much CPU as the request itself); only a failure worth retrying enters it, replayed
-    # as its first attempt so numbering, logging and backoff are unchanged.
-    try:
-        return await attempt()
-    except ProviderError as exc:
-        if policy.max_retries == 0 or not _should_retry(exc, policy):
-            raise
-        first_failure: list[ProviderError] = [exc]
+    def retrying() -> AsyncRetrying:
+        return AsyncRetrying(
+            sleep=trio.sleep,
+            stop=stop_after_attempt(policy.max_retries + 1),
+            wait=_Backoff(policy),
+            retry=retry_if_exception(lambda exc: _should_retry(exc, policy)),
+            before_sleep=lambda state: _log_retry(state, provider, policy),
+            reraise=True,
+        )
 
-    async def replay_then_attempt() -> bytes:
-        if first_failure:
-            raise first_failure.pop()
-        return await attempt()
-
-    retrying = AsyncRetrying(
-        sleep=trio.sleep,
-        stop=stop_after_attempt(policy.max_retries + 1),
-        wait=_Backoff(policy),
-        retry=retry_if_exception(lambda exc: _should_retry(exc, policy)),
-        before_sleep=lambda state: _log_retry(state, provider, policy),
-        reraise=True,
-    )
-    result: bytes = await retrying(replay_then_attempt)
-    return result
+    return await attempt_then_retry(
+        attempt, retrying=retrying,
+        retryable=lambda exc: policy.max_retries > 0 and _should_retry(exc, policy))
 
 
 def _should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
