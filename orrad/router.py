@@ -469,9 +469,13 @@ class Router:
             if not batch:
                 continue
             try:
+                # A caller waiting here (Router.call) learns of its message only from the
+                # answer, which it gets after the session's durable commit: its row needs
+                # no fsync of its own. A channel may acknowledge on the receipt.
                 results = await ledger.record_many([
                     (job.source.name, job.inbound.delivery_id or "",
-                     job.inbound.namespace.key, job.payload) for job in batch])
+                     job.inbound.namespace.key, job.payload) for job in batch],
+                    durable=not all(isinstance(job.target, _Waiter) for job in batch))
             except StoreError as exc:
                 self._store_failed(exc)
                 for job in batch:

@@ -475,12 +475,13 @@ class HeldLedger(Ledger):
         self.batches: list[list[str]] = []
 
     async def record_many(
-        self, items: list[tuple[str, str, str, dict[str, Any] | bytes]]
+        self, items: list[tuple[str, str, str, dict[str, Any] | bytes]], *,
+        durable: bool = True,
     ) -> list[tuple[bool, LedgerEntry]]:
         self.batches.append([delivery_id for _, delivery_id, _, _ in items])
         self.entered.set()
         await self.release.wait()
-        return await super().record_many(items)
+        return await super().record_many(items, durable=durable)
 
 
 async def test_unencodable_metadata_is_refused_alone_and_others_still_flow(

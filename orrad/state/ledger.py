@@ -4,8 +4,11 @@ One row per message, found by ``(source, delivery_id)`` — the channel (or ``ap
 federation origin) and the id the sender gave it. A row is committed (``synchronous=FULL``)
 before the sender is told the message was accepted, so a repeated delivery id never runs
 the agent twice, even across a restart, and what was accepted but not answered when the
-process died is found again. The row's integer ``id`` is the message's *ledger id*: its run
-tags the session entries it writes with it, so a re-run never appends a second copy. Ids
+process died is found again. (A sender told of its message only by the answer, a caller
+of ``Router.call``, is not told before the answer's own durable commit, which syncs the
+row as well: such rows are committed without an fsync of their own.) The row's integer
+``id`` is the message's *ledger id*: its run tags the session entries it writes with it,
+so a re-run never appends a second copy. Ids
 only grow (the next one follows the largest ever stored), and rows are stored in id order
 (schema 4): a message's row, its later updates and its entries in the other indexes land
 on the last pages, which every batch writes anyway; only the unique index on ``(source,
@@ -115,10 +118,15 @@ class Ledger:
         return result
 
     async def record_many(
-        self, items: list[tuple[str, str, str, dict[str, Any] | bytes]]
+        self, items: list[tuple[str, str, str, dict[str, Any] | bytes]], *,
+        durable: bool = True,
     ) -> list[tuple[bool, LedgerEntry]]:
         """:meth:`record` for several messages in one operation (all or none stored); a
-        payload may be given already encoded (JSON bytes)."""
+        payload may be given already encoded (JSON bytes).
+
+        ``durable=False`` when no sender is told of these messages before their answers,
+        each written by a durable commit that then syncs these rows too
+        (:class:`~orrad.state.db.Database`): the rows skip an fsync of their own."""
         encoded = [payload if isinstance(payload, bytes) else _encode(payload)
                    for *_, payload in items]
 
@@ -155,7 +163,7 @@ class Ledger:
                 self._save_high_water(conn)
             return results
 
-        return await self.db.run(run, inline=len(items) <= INLINE_ROWS)
+        return await self.db.run(run, inline=len(items) <= INLINE_ROWS, durable=durable)
 
     async def answer(self, key: Key, reply: Any) -> None:
         """Store the reply (anything msgspec encodes as a JSON object): the message is
