@@ -6,13 +6,14 @@ before the sender is told the message was accepted, so a repeated delivery id ne
 the agent twice, even across a restart, and what was accepted but not answered when the
 process died is found again. (A sender told of its message only by the answer, a caller
 of ``Router.call``, is not told before the answer's own durable commit, which syncs the
-row as well: such rows are committed without an fsync of their own.) The row's integer
-``id`` is the message's *ledger id*: its run tags the session entries it writes with it,
-so a re-run never appends a second copy. Ids
-only grow (the next one follows the largest ever stored), and rows are stored in id order
-(schema 4): a message's row, its later updates and its entries in the other indexes land
-on the last pages, which every batch writes anyway; only the unique index on ``(source,
-delivery_id)`` takes one page of its own per message.
+row as well: such rows are committed without an fsync of their own.)
+
+The row's integer ``id`` is the message's *ledger id*: its run tags the session entries it
+writes with it, so a re-run never appends a second copy. Ids only grow (the next one
+follows the largest ever stored), and rows are stored in id order (schema 4): a message's
+row, its later updates and its entries in the other indexes land on the last pages, which
+every batch writes anyway; only the unique index on ``(source, delivery_id)`` takes one
+page of its own per message.
 
 States move ``received -> answered -> delivered``; ``failed`` when the answer was refused
 for good. ``answered`` rows hold the reply, so it is delivered again (the same reply) until
