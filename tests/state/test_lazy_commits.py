@@ -101,8 +101,10 @@ async def test_a_lazy_batch_sent_to_the_worker_by_a_lock_restores_the_settings(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(put)
-        await trio.sleep(0.05)
-        assert levels == []  # waiting for the lock, in the worker
+        with trio.fail_after(5):
+            while db._worker._thread is None:  # the batch went to the worker, to wait there
+                await trio.lowlevel.checkpoint()
+        assert levels == []
         holder.execute("ROLLBACK")
     holder.close()
     assert levels == [SYNC_NORMAL]
