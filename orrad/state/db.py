@@ -2,9 +2,10 @@
 
 Operations are **group-committed**: every :meth:`Database.run` call joins a queue; one
 caller at a time takes the whole queue to the database's worker thread
-(:class:`~orrad.state.worker.WorkerThread`) and runs it as one transaction,
-each operation inside its own savepoint (so one failing operation rolls back alone), with a
-single ``COMMIT`` (and so a single fsync under ``synchronous=FULL``) for the batch. Under
+(:class:`~orrad.state.worker.WorkerThread`) and runs it as one transaction with a single
+``COMMIT`` (and so a single fsync under ``synchronous=FULL``). An operation that fails has
+its changes undone alone: the transaction is rolled back and the others run again without
+it (failures are rare; a savepoint per operation cost two statements each). Under
 load, many messages share one thread hop and one fsync instead of paying for their own.
 The worker is never abandoned on cancellation: an operation is either committed or not
 started, never in an unknown state. WAL keeps outside readers (the ``orrad sessions`` CLI)
@@ -282,8 +283,9 @@ class Database:
                   durable: bool = True) -> T:
         """Run ``fn(connection)`` in a worker thread, inside the batch's transaction.
 
-        ``fn`` runs in its own savepoint: if it raises, its changes are rolled back and the
-        error is raised here; the others in the batch still commit. :func:`transaction` inside
+        If ``fn`` raises, its changes are rolled back and the error is raised here; the
+        others in the batch still commit (they run again in a new transaction, so ``fn``
+        must not depend on running only once). :func:`transaction` inside
         ``fn`` is a no-op under a batch. sqlite3 errors become
         :class:`~orrad.errors.StoreError`. ``inline``: ``fn`` is small (a few indexed
         statements, nothing that grows with the data) and may run on the event loop's
@@ -355,8 +357,8 @@ class Database:
 class transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection.
 
-    Inside an open transaction (a :meth:`Database.run` batch) it does nothing: the batch's
-    savepoint gives the operation its all-or-nothing behaviour.
+    Inside an open transaction (a :meth:`Database.run` batch) it does nothing: the batch
+    gives the operation its all-or-nothing behaviour.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -428,13 +430,13 @@ def store_error(exc: BaseException, path: str) -> StoreError:
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Op[Any]], path: str) -> None:
-    """Worker thread: the whole batch in one transaction, each op in a savepoint.
+    """Worker thread: the whole batch in one transaction (see :func:`_execute`).
 
     Any SQLite failure of the batch machinery itself (a full disk at COMMIT, an I/O error
-    in a savepoint) fails every operation of the batch with a StoreError and always leaves
-    the connection outside a transaction, so the next batch starts clean. An operation
-    that meets a damaged page fails alone: the transaction it poisoned is rolled back and
-    the others run again without it.
+    that rolled the transaction back) fails every operation of the batch with a StoreError
+    and always leaves the connection outside a transaction, so the next batch starts
+    clean. An operation that fails otherwise (a damaged page included) fails alone: the
+    transaction is rolled back and the others run again without it.
     """
     while batch:
         batch = _attempt_batch(conn, batch, path)
@@ -518,34 +520,32 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def _execute(conn: sqlite3.Connection, batch: list[_Op[Any]],
              path: str) -> list[_Op[Any]] | None:
-    """Run each operation in a savepoint of the open transaction: ``None`` when the batch
-    can be committed, else the operations to run again in a new transaction (one met a
-    damaged page, which poisons the transaction: it was rolled back). A failure of the
-    machinery itself raises (the caller fails the whole batch)."""
+    """Run the operations in the open transaction: ``None`` when the batch can be
+    committed, else the operations to run again in a new transaction.
+
+    Operations fail rarely, so none gets a savepoint of its own (two statements each, on
+    every message's path): one that raises has its changes undone by rolling back the
+    whole transaction, and fails alone; the others start over without it. A failure of the
+    machinery itself raises (the caller fails the whole batch).
+    """
     for op in batch:
-        conn.execute("SAVEPOINT op")
         try:
             op.value = op.fn(conn)
         except Exception as exc:
-            if is_corruption(exc):
-                # A damaged page poisons the whole transaction (its COMMIT fails with the
-                # same error): this operation fails, the rest start over without it.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                op.fail(store_error(exc, path))
-                rest = [other for other in batch if other is not op]
-                for other in rest:
-                    other.reset()
-                return rest
-            if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+            if (isinstance(exc, sqlite3.Error) and not conn.in_transaction
+                    and not is_corruption(exc)):
                 # SQLite rolled the whole transaction back itself (a full disk, an I/O
                 # error): every operation of the batch is lost, not just this one.
                 raise
-            conn.execute("ROLLBACK TO op")
-            op.error = (store_error(exc, path)
-                        if isinstance(exc, (sqlite3.Error, msgspec.DecodeError, StoreError))
-                        else exc)
-        conn.execute("RELEASE op")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            op.fail(store_error(exc, path)
+                    if isinstance(exc, (sqlite3.Error, msgspec.DecodeError, StoreError))
+                    else exc)
+            rest = [other for other in batch if other is not op]
+            for other in rest:
+                other.reset()
+            return rest
     return None
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import trio
 
+from orrad.errors import StoreError
 from orrad.state import Database
-from orrad.state.db import DB_FILENAME
+from orrad.state.db import DB_FILENAME, _Op, _run_batch, _run_batch_inline
 
 
 @pytest.fixture
@@ -65,6 +66,46 @@ async def test_inline_operations_commit_together_and_one_fails_alone(db: Databas
         nursery.start_soon(failing)
     assert keys(db, "t") == [f"k{i:02}" for i in range(20)]
     assert len(errors) == 1
+    await db.close()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_constraint_failure_amid_a_batch_fails_alone(db: Database,
+                                                             inline: bool) -> None:
+    """No savepoint per operation: the failing one's writes go with the rolled-back
+    transaction, the operations before it run again (once more, not twice over) and
+    commit with those after it."""
+    await db.run(put("u", "taken"))
+    runs: list[str] = []
+
+    def counted(key: str) -> Any:
+        def write(conn: sqlite3.Connection) -> str:
+            runs.append(key)
+            put("u", key)(conn)
+            return key
+        return write
+
+    def clash(conn: sqlite3.Connection) -> None:
+        runs.append("clash")
+        put("u", "half")(conn)
+        put("u", "taken")(conn)  # UNIQUE (scope, key): IntegrityError
+
+    # The batch built by hand, so its order is known (tasks queue in scheduling order).
+    batch: list[_Op[Any]] = [_Op(counted("a"), inline), _Op(clash, inline),
+                             _Op(counted("b"), inline)]
+    conn = db._conn
+    assert conn is not None
+    if inline:
+        await _run_batch_inline(conn, batch, db.path, db._worker)
+    else:
+        await db._worker.run_sync(_run_batch, conn, batch, db.path)
+    a, failed, b = batch
+    assert (a.result(), b.result()) == ("a", "b")
+    with pytest.raises(StoreError, match="UNIQUE"):
+        failed.result()
+    assert keys(db, "u") == ["a", "b", "taken"]
+    assert runs == ["a", "clash", "a", "b"]  # "a" ran again, without the clash
+    assert not conn.in_transaction
     await db.close()
 
 
