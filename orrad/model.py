@@ -69,12 +69,17 @@ class Namespace:
 
     @classmethod
     def _from_segments(cls, segments: tuple[str, ...]) -> Namespace:
+        for segment in segments:
+            _check_segment(segment)
+        return cls._from_checked(segments)
+
+    @classmethod
+    def _from_checked(cls, segments: tuple[str, ...]) -> Namespace:
+        """From ``segments`` each already checked: only their number and length are."""
         if not segments:
             raise InvalidNamespace("a namespace needs at least one segment")
         if len(segments) > MAX_SEGMENTS:
             raise InvalidNamespace(f"namespace has more than {MAX_SEGMENTS} segments")
-        for segment in segments:
-            _check_segment(segment)
         if sum(map(len, segments)) + len(segments) - 1 > MAX_KEY_LENGTH:
             raise InvalidNamespace(f"namespace is longer than {MAX_KEY_LENGTH} characters")
         ns = object.__new__(cls)
@@ -92,11 +97,12 @@ class Namespace:
         return cls._from_segments(tuple(key.split(":")))
 
     def child(self, segment: str) -> Namespace:
-        return Namespace._from_segments((*self._segments, segment))
+        return Namespace._from_checked((*self._segments, _check_segment(segment)))
 
     def join(self, key: str) -> Namespace:
-        """Append every segment of ``key`` (a ``:``-separated relative key)."""
-        return Namespace._from_segments((*self._segments, *Namespace.parse(key)._segments))
+        """Append every segment of ``key`` (a ``:``-separated relative key); only those
+        are checked (this namespace's own were checked when it was made)."""
+        return Namespace._from_checked((*self._segments, *Namespace.parse(key)._segments))
 
     @property
     def key(self) -> str:
