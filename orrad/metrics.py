@@ -23,7 +23,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client import generate_latest as _generate_latest
@@ -91,16 +91,19 @@ class HistogramChild:
         self.sum += value
 
 
-class _Family:
+ChildT = TypeVar("ChildT", CounterChild, HistogramChild)
+
+
+class _Family(Generic[ChildT]):
     """A named instrument with labels, its series made on first use."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = labelnames
-        self.series: dict[tuple[str, ...], Any] = {}
+        self.series: dict[tuple[str, ...], ChildT] = {}
 
-    def _series(self, values: tuple[str, ...]) -> Any:
+    def labels(self, *values: str) -> ChildT:
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {values}")
         values = tuple(str(value) for value in values)
@@ -109,19 +112,15 @@ class _Family:
             child = self.series[values] = self._new()
         return child
 
-    def _new(self) -> Any:
+    def _new(self) -> ChildT:
         raise NotImplementedError
 
     def collect(self) -> Metric:
         raise NotImplementedError
 
 
-class Counter(_Family):
+class Counter(_Family[CounterChild]):
     """A labelled counter (``<name>_total`` and ``<name>_created`` per series)."""
-
-    def labels(self, *values: str) -> CounterChild:
-        child: CounterChild = self._series(values)
-        return child
 
     def _new(self) -> CounterChild:
         return CounterChild()
@@ -133,7 +132,7 @@ class Counter(_Family):
         return family
 
 
-class Histogram(_Family):
+class Histogram(_Family[HistogramChild]):
     """A labelled histogram (cumulative ``_bucket`` series, ``_count``, ``_sum`` and
     ``_created``)."""
 
@@ -141,10 +140,6 @@ class Histogram(_Family):
                  buckets: tuple[float, ...]) -> None:
         super().__init__(name, documentation, labelnames)
         self.bounds = tuple(float(bound) for bound in buckets if not math.isinf(bound))
-
-    def labels(self, *values: str) -> HistogramChild:
-        child: HistogramChild = self._series(values)
-        return child
 
     def _new(self) -> HistogramChild:
         return HistogramChild(self.bounds)
@@ -167,7 +162,7 @@ class Histogram(_Family):
 class _Instruments(Collector):
     """What the registry reads of :class:`Metrics`' instruments at each scrape."""
 
-    def __init__(self, families: list[_Family]) -> None:
+    def __init__(self, families: list[Counter | Histogram]) -> None:
         self.families = families
 
     def collect(self) -> Iterator[Metric]:

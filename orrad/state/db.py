@@ -185,8 +185,8 @@ class Database:
             self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_FRAMES}")
             # The event loop never waits for a lock, and a batch's statements start without
             # setting one: a batch that finds the write lock taken goes to the worker, which
-            # waits up to BUSY_TIMEOUT_MS (_run_batch). Two statements less per batch, each
-            # ~10-60 µs: a statement outside a transaction takes the WAL's read lock.
+            # waits up to BUSY_TIMEOUT_MS (_run_batch). Setting it around every BEGIN took two
+            # statements per batch, 10-60 µs each here.
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._checkpointer = Checkpointer(self.path)
             self._checkpointer.start()
