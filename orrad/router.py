@@ -27,12 +27,13 @@ receipt carries the error) until a write succeeds again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +62,7 @@ from orrad.model import (
     Receipt,
 )
 from orrad.runtime.loop import RunResult, Runtime
+from orrad.state.db import Committed
 from orrad.state.ledger import Key, Ledger, LedgerEntry, LedgerState
 from orrad.sync import Changes, acquire, held
 
@@ -191,6 +193,10 @@ class _Job:
     store_broke: bool = False  # the local run failed on this daemon's state store
     payload: bytes = b""  # the ledger's JSON of the message
     received_at: float = field(default_factory=time.time)
+    # Run before its ledger row was committed (Router._recorder): the row's operation, and
+    # set once the receipt went out.
+    record: Committed | None = None
+    receipted: trio.Event | None = None
 
 
 @dataclass
@@ -475,7 +481,8 @@ class Router:
                 results = await ledger.record_many([
                     (job.source.name, job.inbound.delivery_id or "",
                      job.inbound.namespace.key, job.payload) for job in batch],
-                    durable=not all(isinstance(job.target, _Waiter) for job in batch))
+                    durable=not all(isinstance(job.target, _Waiter) for job in batch),
+                    on_executed=functools.partial(self._run_early, batch))
             except StoreError as exc:
                 self._store_failed(exc)
                 for job in batch:
@@ -487,10 +494,14 @@ class Router:
                     job.skip = True
                     assert job.recorded is not None
                     job.recorded.set()
+                    if job.receipted is not None:
+                        job.receipted.set()
                 raise
             self._store_ok()
             for job, (new, entry) in zip(batch, results, strict=True):
-                if new or (entry.state == "received" and entry.id not in self._active):
+                if job.record is not None:  # running already
+                    self._recorded(job, Receipt(True, str(entry.id), queued=job.queued_notice))
+                elif new or (entry.state == "received" and entry.id not in self._active):
                     # New, or accepted before and not being answered here (its run failed
                     # on the store, or it waits for a recovery not yet done): run it now.
                     job.first_attempt = new
@@ -503,6 +514,24 @@ class Router:
                     job.skip = True
                     self._recorded(job, Receipt(False, str(entry.id), entry.state,
                                                 _stored(entry)))
+
+    def _run_early(self, batch: list[_Job], results: list[tuple[bool, LedgerEntry]],
+                   record: Committed) -> None:
+        """New messages may run once their rows are written, before the commit (one commit
+        less to wait for): their writes are made only if the rows commit (``Ledger.after``,
+        in :meth:`_run_here`), a relay waits for the commit, and the answer is handed on
+        only after the receipt (:meth:`_answered`). Repeats wait for the commit, as before."""
+        for job, (new, entry) in zip(batch, results, strict=True):
+            if not new:
+                continue
+            job.first_attempt = True
+            job.ledger_id = entry.id
+            self._active.add(entry.id)
+            job.queued_notice = self._would_queue(job)
+            job.record = record
+            job.receipted = trio.Event()
+            assert job.recorded is not None
+            job.recorded.set()
 
     def _encodable(self, job: _Job) -> bool:
         """Encode the job's ledger payload; a message that cannot be encoded (a plugin's
@@ -542,6 +571,14 @@ class Router:
         if job.skip:
             self._drop(job)
         _notify(job.inbound, receipt)
+        if job.receipted is not None:
+            job.receipted.set()
+
+    async def _until_receipted(self, job: _Job) -> None:
+        """A message that runs before its row is committed: wait until its receipt went
+        out (the commit's outcome is then known, and its sender heard it first)."""
+        if job.receipted is not None and not job.receipted.is_set():
+            await job.receipted.wait()
 
     def _drop(self, job: _Job) -> None:
         """A job with nothing to run leaves its lane at once (unless the lane's runner
@@ -656,8 +693,10 @@ class Router:
                 try:
                     if job.recorded is not None:
                         await job.recorded.wait()
-                    if not job.skip:
-                        reply = await self._run_until_stored(job)
+                    reply = None if job.skip else await self._run_until_stored(job)
+                    # (None: not to be run; or it ran early and its row did not commit after
+                    # all: its sender was told so, and nothing of it was stored.)
+                    if reply is not None:
                         # From here on _answered ends the job. Delivery is not in the lane
                         # (but for a caller waiting in this process): a slow platform must
                         # not hold the namespace's next run, nor run slots others need.
@@ -670,8 +709,9 @@ class Router:
         finally:
             del self._lanes[key]
 
-    async def _run_until_stored(self, job: _Job) -> Reply:
-        """Run ``job``; a run the state store broke is not an answer.
+    async def _run_until_stored(self, job: _Job) -> Reply | None:
+        """Run ``job``; a run the state store broke is not an answer (``None``: a run
+        started before its ledger row committed, which then did not).
 
         A caller waiting in this process is told (503 ``unavailable``) and the message
         stays ``received``, so a retry with the same id runs it again; a message whose
@@ -682,6 +722,9 @@ class Router:
             # The run limiter is taken by the local run only: a relay waiting for its peer
             # (a queue of an hour) must not hold run slots local namespaces need.
             reply = await self._run(job)
+            await self._until_receipted(job)
+            if job.skip:
+                return None  # it ran early and its row did not commit: its writes were refused
             reply.delivery_id = job.inbound.delivery_id
             reply.reply_to = job.inbound.reply_to
             # Only this daemon's own store decides: a peer's "unavailable" is an answer.
@@ -725,6 +768,12 @@ class Router:
                     return _failed(inbound, exc, self.metrics)
                 if owner.peer is not None:
                     peer = owner.peer
+                    # The peer records the relay under this message's ledger id: only a
+                    # committed one.
+                    await self._until_receipted(job)
+                    if job.skip:
+                        return _failed(inbound, StoreError("the message was not recorded"),
+                                       self.metrics)
                     try:
                         reply = await self.relayer.relay(
                             peer, self._txn_id(job), inbound, owner.agent, job.received_at,
@@ -791,10 +840,11 @@ class Router:
         try:
             runtime = self.agents.resolve(agent)
             async with held(self._limiter):
-                result = await runtime.run(
-                    inbound.namespace, inbound.message,
-                    run_id=None if job.ledger_id is None else str(job.ledger_id),
-                    first_attempt=job.first_attempt)
+                with self._only_if_recorded(job):
+                    result = await runtime.run(
+                        inbound.namespace, inbound.message,
+                        run_id=None if job.ledger_id is None else str(job.ledger_id),
+                        first_attempt=job.first_attempt)
             self.metrics.child(self.metrics.run_latency, runtime.name).observe(
                 trio.current_time() - started)
         except UnsavedRun as exc:
@@ -812,6 +862,12 @@ class Router:
             return _failed(inbound, exc, self.metrics)
         return OutboundMessage(inbound.namespace, result.final_message, result.summary(),
                                inbound.metadata)
+
+    def _only_if_recorded(self, job: _Job) -> AbstractContextManager[None]:
+        """The run's writes (its session) are refused if its ledger row did not commit."""
+        if job.record is None or self.ledger is None or job.record.committed():
+            return nullcontext()
+        return self.ledger.after(job.record)
 
     async def _answered(self, job: _Job, reply: Reply) -> None:
         """Store the answer in the ledger, then deliver it; from here on the job is

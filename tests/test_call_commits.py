@@ -21,6 +21,7 @@ from orrad import Message, Namespace, Runtime
 from orrad.model import InboundMessage, OutboundMessage
 from orrad.router import AgentSet, Router
 from orrad.state import Database, Ledger, SqliteSessionStore
+from orrad.state.db import Committed
 from tests.scripted import QueueChannel
 from tests.test_router import SlowEcho
 
@@ -36,8 +37,10 @@ class CommitLog(Database):
         self.committed: list[tuple[str, bool]] = []
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False,
-                  durable: bool = True) -> T:
-        result = await super().run(fn, inline=inline, durable=durable)
+                  durable: bool = True,
+                  on_executed: Callable[[T, Committed], None] | None = None) -> T:
+        result = await super().run(fn, inline=inline, durable=durable,
+                                   on_executed=on_executed)
         self.committed.append((fn.__qualname__.split(".")[1], durable))
         return result
 

@@ -32,6 +32,7 @@ from orrad.peering import Federation
 from orrad.router import AgentSet, Ownership, Router
 from orrad.runtime.provider import CompletionRequest, CompletionResponse, Provider
 from orrad.state import Database, Ledger, SqliteSessionStore
+from orrad.state.db import Committed
 from orrad.state.ledger import LedgerEntry
 from tests.federation.peer import SECRET, ScriptedPeer
 from tests.scripted import QueueChannel, reply
@@ -477,11 +478,12 @@ class HeldLedger(Ledger):
     async def record_many(
         self, items: list[tuple[str, str, str, dict[str, Any] | bytes]], *,
         durable: bool = True,
+        on_executed: Callable[[list[tuple[bool, LedgerEntry]], Committed], None] | None = None,
     ) -> list[tuple[bool, LedgerEntry]]:
         self.batches.append([delivery_id for _, delivery_id, _, _ in items])
         self.entered.set()
         await self.release.wait()
-        return await super().record_many(items, durable=durable)
+        return await super().record_many(items, durable=durable, on_executed=on_executed)
 
 
 async def test_unencodable_metadata_is_refused_alone_and_others_still_flow(

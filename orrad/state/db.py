@@ -30,6 +30,16 @@ WAL covers it, since the WAL is written in order; only a power failure before th
 can lose it, and then nobody was told of it. One durable operation makes its whole batch
 durable.
 
+A caller may act on an operation's result before its commit (``on_executed``): the
+statements of an inline batch run on the event loop's thread, and the ``COMMIT`` then takes
+a round trip to the worker. The caller learns the result once every statement of the batch
+ran (the batch will commit unless the ``COMMIT`` itself fails) and gets a handle to the
+operation (:class:`Committed`). Writes that must not outlive a failed commit of that
+operation run under :meth:`Database.after`: each is refused (``StoreError``) unless the
+operation committed, which is known when it runs, since batches run one after another. The
+pipeline starts a message's run this way once its ledger row is written, not once it is
+committed (orrad/router.py).
+
 A database this orrad must not use is refused when it is opened: one written by a newer
 orrad (its ``user_version`` is past the last migration here), or, for the daemon, one that
 fails ``PRAGMA quick_check`` (run on a connection of its own, so the check does not fill
@@ -41,11 +51,13 @@ answer it like any store failure (503), and the other operations of its batch st
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -55,7 +67,7 @@ from orrad.state.checkpoints import BACKSTOP_FRAMES, Checkpointer
 from orrad.state.worker import WorkerThread
 from orrad.version import __version__
 
-__all__ = ["DB_FILENAME", "Database", "is_corruption", "store_error"]
+__all__ = ["DB_FILENAME", "Committed", "Database", "is_corruption", "store_error"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +169,14 @@ MIGRATIONS: list[str] = [
 ]
 
 
+class Committed(Protocol):
+    """An operation given to :meth:`Database.run`, as its ``on_executed`` callback sees it."""
+
+    def committed(self) -> bool:
+        """Whether the operation's changes were committed (so far)."""
+        ...
+
+
 class Database:
     """The daemon's SQLite file, opened with :meth:`open` and closed with :meth:`close`.
 
@@ -172,6 +192,9 @@ class Database:
         self._batch_done = trio.Event()
         self._worker = WorkerThread(f"orrad-db:{os.path.basename(path)}")
         self._checkpointer: Checkpointer | None = None
+        # The operation that writes in this context depend on (Database.after).
+        self._after: contextvars.ContextVar[Committed | None] = contextvars.ContextVar(
+            f"orrad-db-after-{id(self)}", default=None)
 
     @classmethod
     def in_state_dir(cls, state_dir: str, *, read_only: bool = False) -> Database:
@@ -285,7 +308,8 @@ class Database:
             checkpointer.stop()
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False,
-                  durable: bool = True) -> T:
+                  durable: bool = True,
+                  on_executed: Callable[[T, Committed], None] | None = None) -> T:
         """Run ``fn(connection)`` in a worker thread, inside the batch's transaction.
 
         If ``fn`` raises, its changes are rolled back and the error is raised here; the
@@ -296,8 +320,17 @@ class Database:
         statements, nothing that grows with the data) and may run on the event loop's
         thread (module docstring). ``durable=False``: the operation's changes need no
         fsync of their own (a later durable commit syncs them; module docstring).
+
+        ``on_executed(value, operation)`` is called on the event loop's thread, at most once,
+        when every statement of ``fn``'s batch ran and only its ``COMMIT`` is left (an
+        inline batch committed by the worker); it must not raise, and it is not called when
+        the batch runs otherwise (the result then comes with the commit). Under
+        :meth:`after`, ``fn`` runs only if that operation committed.
         """
-        op: _Op[T] = _Op(fn, inline, durable)
+        after = self._after.get()
+        if after is not None and not after.committed():
+            fn = _only_after(fn, after)
+        op: _Op[T] = _Op(fn, inline, durable, on_executed)
         self._queue.append(op)
         while not op.finished:
             if self._flushing:
@@ -340,6 +373,22 @@ class Database:
             self._flushing = False
             done, self._batch_done = self._batch_done, trio.Event()
             done.set()
+
+    @contextlib.contextmanager
+    def after(self, operation: Committed) -> Iterator[None]:
+        """Operations run in this context (this task, and tasks it starts) write only if
+        ``operation`` committed; else they fail with :class:`~orrad.errors.StoreError`.
+
+        Meant for an operation whose result was acted on before its commit
+        (``on_executed``): whatever follows from it is never stored without it. Batches
+        run one after another, so when a later operation runs, the earlier one's fate is
+        known.
+        """
+        token = self._after.set(operation)
+        try:
+            yield
+        finally:
+            self._after.reset(token)
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Blocking variant for code outside trio (CLI readers)."""
@@ -384,16 +433,31 @@ class transaction:
 class _Op(Generic[T]):
     """One queued operation and, once run, its outcome."""
 
-    __slots__ = ("durable", "error", "finished", "fn", "inline", "value")
+    __slots__ = ("durable", "error", "finished", "fn", "inline", "on_executed", "value")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], T], inline: bool = False,
-                 durable: bool = True) -> None:
+                 durable: bool = True,
+                 on_executed: Callable[[T, Committed], None] | None = None) -> None:
         self.fn = fn
         self.inline = inline
         self.durable = durable
+        self.on_executed = on_executed
         self.finished = False
         self.value: T | None = None
         self.error: BaseException | None = None
+
+    def committed(self) -> bool:
+        return self.finished and self.error is None
+
+    def executed(self) -> None:
+        """Tell the caller its statements ran (once; only the COMMIT is left)."""
+        callback, self.on_executed = self.on_executed, None
+        if callback is None:
+            return
+        try:
+            callback(self.value, self)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("state database: an on_executed callback failed")
 
     def fail(self, error: BaseException) -> None:
         self.error, self.finished = error, True
@@ -488,12 +552,25 @@ async def _run_batch_inline(conn: sqlite3.Connection, batch: list[_Op[Any]],
             _commit(conn, batch, path)
             return
         if rest is None:
+            for op in batch:
+                if op.on_executed is not None:
+                    op.executed()
             # Shielded: a transaction left open would refuse the next batch's BEGIN (the
             # commit itself is bounded: the WAL write and its fsync).
             with trio.CancelScope(shield=True):
                 await worker.run_sync(_commit, conn, batch, path)
             return
         batch = rest
+
+
+def _only_after(fn: Callable[[sqlite3.Connection], T],
+                after: Committed) -> Callable[[sqlite3.Connection], T]:
+    """``fn``, refused unless ``after`` committed (checked when it runs: see Database.after)."""
+    def run(conn: sqlite3.Connection) -> T:
+        if not after.committed():
+            raise StoreError("not stored: a write it depends on was not committed")
+        return fn(conn)
+    return run
 
 
 def _lazy_commits(conn: sqlite3.Connection) -> None:

@@ -30,11 +30,13 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import msgspec
 
-from orrad.state.db import Database, transaction
+from orrad.state.db import Committed, Database, transaction
 
 __all__ = ["OPEN_STATES", "Key", "Ledger", "LedgerEntry", "LedgerState"]
 
@@ -121,13 +123,16 @@ class Ledger:
     async def record_many(
         self, items: list[tuple[str, str, str, dict[str, Any] | bytes]], *,
         durable: bool = True,
+        on_executed: Callable[[list[tuple[bool, LedgerEntry]], Committed], None] | None = None,
     ) -> list[tuple[bool, LedgerEntry]]:
         """:meth:`record` for several messages in one operation (all or none stored); a
         payload may be given already encoded (JSON bytes).
 
         ``durable=False`` when no sender is told of these messages before their answers,
         each written by a durable commit that then syncs these rows too
-        (:class:`~orrad.state.db.Database`): the rows skip an fsync of their own."""
+        (:class:`~orrad.state.db.Database`): the rows skip an fsync of their own.
+        ``on_executed`` learns the results before the commit, as
+        :meth:`~orrad.state.db.Database.run` says; see :meth:`after`."""
         encoded = [payload if isinstance(payload, bytes) else _encode(payload)
                    for *_, payload in items]
 
@@ -164,7 +169,13 @@ class Ledger:
                 self._save_high_water(conn)
             return results
 
-        return await self.db.run(run, inline=len(items) <= INLINE_ROWS, durable=durable)
+        return await self.db.run(run, inline=len(items) <= INLINE_ROWS, durable=durable,
+                                 on_executed=on_executed)
+
+    def after(self, recorded: Committed) -> AbstractContextManager[None]:
+        """Writes in this context happen only if ``recorded`` (a :meth:`record_many`
+        seen by its ``on_executed``) committed (:meth:`~orrad.state.db.Database.after`)."""
+        return self.db.after(recorded)
 
     async def answer(self, key: Key, reply: Any) -> None:
         """Store the reply (anything msgspec encodes as a JSON object): the message is

@@ -19,8 +19,10 @@ from orrad.delivery import StoredReply
 from orrad.errors import ChannelSendError, ProviderError
 from orrad.model import Namespace, OutboundError
 from orrad.router import INTERRUPTED
-from orrad.state import Ledger
+from orrad.state import Database, Ledger
+from orrad.state.kv import KeyValueStore
 from tests.channels.discord.harness import (
+    TIMEOUT,
     assert_answered_once,
     balanced,
     fake_discord,
@@ -195,6 +197,10 @@ async def test_claimed_but_unanswered_message_is_answered_after_a_crash(tmp_path
         async with open_db(tmp_path) as db, run_bot(fake, db, provider=stuck) as bot:
             mid = await send(fake, "in flight")
             await until(fake, lambda: len(fake.typing_posts) >= 1)  # the agent runs
+            # ... and the message is claimed: a run may start before its ledger row is
+            # committed, and the resume point moves past the message only once it is.
+            assert fake.session is not None
+            await until_resume_point(db, fake.session.seq)
             bot.nursery.cancel_scope.cancel()  # the process dies: no aclose
         assert fake.messages_posted == []
         # A new process (new database handle) resumes: the gateway does not replay the
@@ -240,6 +246,16 @@ async def test_without_a_database_duplicates_are_still_dropped(tmp_path: Path) -
             await trio.sleep(0.2)
             await bot.stop()
         assert replies_to(fake, first) == fake.messages_posted
+
+
+async def until_resume_point(db: Database, seq: int) -> None:
+    """Wait (polling the store) until the stored resume point has reached ``seq``."""
+    with trio.fail_after(TIMEOUT):
+        while True:
+            stored = await KeyValueStore(db, "discord:bot").get("gateway_session")
+            if isinstance(stored, dict) and (stored.get("seq") or 0) >= seq:
+                return
+            await trio.sleep(0.01)
 
 
 async def _entry(tmp_path: Path, message_id: str) -> str:
