@@ -11,7 +11,9 @@ Every message takes the same path, whatever channel it came from:
 2. **Run.** A lane runs one message at a time, in order; lanes run concurrently, at most
    ``max_concurrency`` runs at once. The agent is the message's metadata ``agent``, else
    the channel's, else the default. The run is keyed by the ledger id, so a re-run after a
-   crash never leaves a second copy in the session.
+   crash never leaves a second copy in the session. A new message may start to run once
+   its row is written, before that row's commit; what the run writes is refused, and
+   nothing is answered, if the commit fails.
 3. **Delivery.** The answer is stored in the ledger (``answered``), then handed to the live
    generation of the channel that received the message, in order per namespace; it is
    ``delivered`` only once the channel confirms the send. A send that may work later
@@ -193,8 +195,8 @@ class _Job:
     store_broke: bool = False  # the local run failed on this daemon's state store
     payload: bytes = b""  # the ledger's JSON of the message
     received_at: float = field(default_factory=time.time)
-    # Run before its ledger row was committed (Router._recorder): the row's operation, and
-    # set once the receipt went out.
+    # Run before its ledger row was committed (Router._run_early): the row's operation, and
+    # an event set once the receipt went out.
     record: Committed | None = None
     receipted: trio.Event | None = None
 
@@ -518,9 +520,11 @@ class Router:
     def _run_early(self, batch: list[_Job], results: list[tuple[bool, LedgerEntry]],
                    record: Committed) -> None:
         """New messages may run once their rows are written, before the commit (one commit
-        less to wait for): their writes are made only if the rows commit (``Ledger.after``,
-        in :meth:`_run_here`), a relay waits for the commit, and the answer is handed on
-        only after the receipt (:meth:`_answered`). Repeats wait for the commit, as before."""
+        less to wait for). Their runs' writes are made only if the rows commit
+        (``Ledger.after``, in :meth:`_run_here`; a session store on another database, or in
+        memory, is not held back), a relay waits for the receipt, and so does the answer
+        (:meth:`_run_until_stored`): a row that does not commit leaves nothing answered.
+        Repeats wait for the commit, as before."""
         for job, (new, entry) in zip(batch, results, strict=True):
             if not new:
                 continue
