@@ -18,10 +18,11 @@ import pytest
 import trio
 import trio.testing
 
-from orrad import Message, Namespace, Runtime
-from orrad.errors import StoreError
-from orrad.model import InboundMessage, OutboundMessage, Receipt
+from orrad import MemorySessionStore, Message, Namespace, Runtime
+from orrad.errors import ProviderError, StoreError
+from orrad.model import InboundMessage, OutboundError, OutboundMessage, Receipt
 from orrad.router import STORE_PROBE_S, AgentSet, Router
+from orrad.runtime.provider import CompletionRequest, CompletionResponse
 from orrad.state import Database, Ledger, SqliteSessionStore
 from orrad.state.db import Committed
 from tests.scripted import QueueChannel
@@ -199,3 +200,55 @@ async def test_a_message_whose_row_does_not_commit_is_neither_answered_nor_kept(
         assert len(rows) == 2  # the question and its answer, once
     finally:
         await db.close()
+
+
+class Refuses:
+    """A provider that fails every request at once."""
+
+    name = "refuses"
+    model = None
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        raise ProviderError("the model is down")
+
+
+class OrderedChannel(QueueChannel):
+    """Notes receipts and replies in the order they reach the channel; its replies need
+    nothing stored before they are sent (as a waiting webhook request's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+
+    def receipt_for(self, delivery_id: str) -> Callable[[Receipt], None]:
+        return lambda receipt: self.events.append(("receipt", delivery_id))
+
+    def stores_before_send(self, reply: OutboundMessage | OutboundError) -> bool:
+        return False
+
+    def _record(self, item: OutboundMessage | OutboundError) -> None:
+        self.events.append(("reply", item.delivery_id or ""))
+        super()._record(item)
+
+
+async def test_an_answer_ready_before_the_commit_waits_for_the_receipt(db: Database) -> None:
+    # A channel may acknowledge on the receipt (Discord moves its resume point): it must
+    # hear it before the answer, or an answer sent before a crash would be sent again.
+    # (Sessions in memory: no write of the run's own orders its answer after the commit.)
+    router = Router(AgentSet({"a": Runtime(Refuses(), MemorySessionStore(), name="a")}, "a"),
+                    ledger=Ledger(db))
+    channel = OrderedChannel()
+    ids = [f"m-{n}" for n in range(5)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.serve)
+        for n, delivery_id in enumerate(ids):
+            message = InboundMessage(Namespace.parse(f"chat:{n}"), Message.user("hi"), {},
+                                     delivery_id=delivery_id)
+            message.on_recorded = channel.receipt_for(delivery_id)
+            await router.submit(message, channel, source="chat")
+        await router.wait_idle()
+        nursery.cancel_scope.cancel()
+    for delivery_id in ids:
+        mine = [kind for kind, of in channel.events if of == delivery_id]
+        assert mine == ["receipt", "reply"], (delivery_id, channel.events)
+    assert all(isinstance(reply, OutboundError) for reply in channel.replies)

@@ -24,6 +24,8 @@ from orrad import MemorySessionStore, Runtime
 from orrad.channels.webhook import WebhookChannel
 from orrad.config import load_daemon_config
 from orrad.daemon import Daemon
+from orrad.delivery import error_code, status_for_code
+from orrad.errors import ProviderError
 from orrad.http import HTTPServer, Request, Response, Router, json_response
 from orrad.router import AgentSet
 from orrad.state import Ledger
@@ -548,3 +550,25 @@ async def test_a_reply_later_than_reply_timeout_is_504_and_the_same_id_gets_it_l
         assert again.status_code == 200, again.text
         assert again.json()["message"] == "echo: slow"
         assert provider.runs.count("slow") == 1
+
+
+class FailsAtOnce(CountingEcho):
+    """A provider that refuses every request without waiting."""
+
+    async def complete(self, request: Any) -> Any:
+        self.runs.append(request.messages[-1].content)
+        raise ProviderError("the model is down")
+
+
+async def test_an_answer_ready_before_the_receipt_is_still_given(tmp_path: Path) -> None:
+    # A message runs once its ledger row is written, before the row's commit, so an answer
+    # that needs nothing stored (an error, at once) can be ready before the receipt: the
+    # request still gets that answer, not a 504 for a message it takes as not recorded.
+    expected = error_code(ProviderError("the model is down"))
+    async with webhook(tmp_path, auth="", provider=FailsAtOnce()) as hook:
+        for n in range(5):
+            content = body(id=f"r-{n}")
+            response = await post(hook.url, content, {"content-type": "application/json"})
+            assert response.status_code == status_for_code(expected), response.text
+            assert response.json()["error"]["code"] == expected
+        assert hook.provider.runs == ["hello"] * 5
