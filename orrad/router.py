@@ -506,12 +506,8 @@ class Router:
                 elif new or (entry.state == "received" and entry.id not in self._active):
                     # New, or accepted before and not being answered here (its run failed
                     # on the store, or it waits for a recovery not yet done): run it now.
-                    job.first_attempt = new
-                    job.ledger_id = entry.id
-                    self._active.add(entry.id)
-                    queued = self._would_queue(job)
-                    job.queued_notice = queued
-                    self._recorded(job, Receipt(True, str(entry.id), queued=queued))
+                    self._admit(job, entry, new=new)
+                    self._recorded(job, Receipt(True, str(entry.id), queued=job.queued_notice))
                 else:
                     job.skip = True
                     self._recorded(job, Receipt(False, str(entry.id), entry.state,
@@ -528,14 +524,18 @@ class Router:
         for job, (new, entry) in zip(batch, results, strict=True):
             if not new:
                 continue
-            job.first_attempt = True
-            job.ledger_id = entry.id
-            self._active.add(entry.id)
-            job.queued_notice = self._would_queue(job)
+            self._admit(job, entry, new=True)
             job.record = record
             job.receipted = trio.Event()
             assert job.recorded is not None
             job.recorded.set()
+
+    def _admit(self, job: _Job, entry: LedgerEntry, *, new: bool) -> None:
+        """``job`` runs as ledger entry ``entry`` (``new``: it never ran before)."""
+        job.first_attempt = new
+        job.ledger_id = entry.id
+        self._active.add(entry.id)
+        job.queued_notice = self._would_queue(job)
 
     def _encodable(self, job: _Job) -> bool:
         """Encode the job's ledger payload; a message that cannot be encoded (a plugin's

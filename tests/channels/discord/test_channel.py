@@ -13,14 +13,14 @@ import trio
 
 from orrad.channels.discord import channel as channel_module
 from orrad.channels.discord.channel import reply_nonce
+from orrad.channels.discord.gateway import ResumeState, SessionPersistence
 from orrad.channels.discord.split import split_message
 from orrad.config import DaemonConfig
 from orrad.delivery import StoredReply
 from orrad.errors import ChannelSendError, ProviderError
 from orrad.model import Namespace, OutboundError
 from orrad.router import INTERRUPTED
-from orrad.state import Database, Ledger
-from orrad.state.kv import KeyValueStore
+from orrad.state import Ledger
 from tests.channels.discord.harness import (
     TIMEOUT,
     assert_answered_once,
@@ -195,12 +195,15 @@ async def test_claimed_but_unanswered_message_is_answered_after_a_crash(tmp_path
     stuck = ScriptedProvider([reply("never sent")], delay=60)
     async with fake_discord() as fake:
         async with open_db(tmp_path) as db, run_bot(fake, db, provider=stuck) as bot:
+            saves = SavesSeen(bot.channel.gateway.persistence)
+            bot.channel.gateway.persistence = saves
             mid = await send(fake, "in flight")
             await until(fake, lambda: len(fake.typing_posts) >= 1)  # the agent runs
             # ... and the message is claimed: a run may start before its ledger row is
             # committed, and the resume point moves past the message only once it is.
             assert fake.session is not None
-            await until_resume_point(db, fake.session.seq)
+            with trio.fail_after(TIMEOUT):
+                await saves.reached(fake.session.seq)
             bot.nursery.cancel_scope.cancel()  # the process dies: no aclose
         assert fake.messages_posted == []
         # A new process (new database handle) resumes: the gateway does not replay the
@@ -248,14 +251,30 @@ async def test_without_a_database_duplicates_are_still_dropped(tmp_path: Path) -
         assert replies_to(fake, first) == fake.messages_posted
 
 
-async def until_resume_point(db: Database, seq: int) -> None:
-    """Wait (polling the store) until the stored resume point has reached ``seq``."""
-    with trio.fail_after(TIMEOUT):
-        while True:
-            stored = await KeyValueStore(db, "discord:bot").get("gateway_session")
-            if isinstance(stored, dict) and (stored.get("seq") or 0) >= seq:
-                return
-            await trio.sleep(0.01)
+class SavesSeen:
+    """The channel's own resume-state store, telling waiters how far its saves got."""
+
+    def __init__(self, inner: SessionPersistence) -> None:
+        self.inner = inner
+        self.seq = 0
+        self.saved = trio.Event()
+
+    async def load(self) -> ResumeState | None:
+        return await self.inner.load()
+
+    async def save(self, state: ResumeState) -> None:
+        await self.inner.save(state)
+        self.seq = max(self.seq, state.seq or 0)
+        self.saved.set()
+        self.saved = trio.Event()
+
+    async def clear(self) -> None:
+        await self.inner.clear()
+
+    async def reached(self, seq: int) -> None:
+        """Once a save has stored a resume point at ``seq`` or later."""
+        while self.seq < seq:
+            await self.saved.wait()
 
 
 async def _entry(tmp_path: Path, message_id: str) -> str:
